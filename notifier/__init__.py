@@ -1,0 +1,3 @@
+"""notifier: accept notifications over HTTP, store them durably, deliver them over SMTP."""
+
+__version__ = "0.1.0"

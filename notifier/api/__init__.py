@@ -1,0 +1,1 @@
+"""HTTP routes; they know the store and the settings, nothing of SMTP."""

@@ -1,0 +1,189 @@
+"""``notifier serve | dev-smtp | send | status | check-config``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from notifier.errors import NotifierError
+from notifier.settings import Settings
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+#: Seconds uvicorn waits for open requests on shutdown before cancelling them.
+GRACEFUL_SHUTDOWN = 10
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        code: int = args.run(args)
+    except (NotifierError, ValidationError) as exc:
+        print(f"notifier: error: {_explain(exc)}", file=sys.stderr)
+        return 2
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="notifier", description=__doc__)
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the HTTP service and the dispatcher")
+    serve.add_argument("--host", help="address to bind (NOTIFIER_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind (NOTIFIER_PORT, default 8000)")
+    serve.add_argument(
+        "--dev", action="store_true", help="deliver to the embedded capture SMTP server"
+    )
+    serve.add_argument("--env-file", type=Path, help="read NOTIFIER_* settings from this file")
+    serve.set_defaults(run=_serve)
+
+    dev_smtp = commands.add_parser("dev-smtp", help="run the capture SMTP server alone")
+    dev_smtp.add_argument("--port", type=int, help="port (NOTIFIER_DEV_SMTP_PORT, default 1025)")
+    dev_smtp.add_argument("--mail-dir", type=Path, help="where .eml files go (./data/mail)")
+    dev_smtp.set_defaults(run=_dev_smtp)
+
+    send = commands.add_parser("send", help="POST a notification to a running service")
+    send.add_argument("--to", action="append", required=True, help="recipient (repeatable)")
+    send.add_argument("--cc", action="append", default=[])
+    send.add_argument("--bcc", action="append", default=[])
+    send.add_argument("--from", dest="sender")
+    send.add_argument("--subject", default="")
+    send.add_argument("--text")
+    send.add_argument("--html")
+    _client_options(send)
+    send.set_defaults(run=_send)
+
+    status = commands.add_parser("status", help="show the delivery status of a notification")
+    status.add_argument("id")
+    _client_options(status)
+    status.set_defaults(run=_status)
+
+    check = commands.add_parser("check-config", help="show effective settings, secrets masked")
+    check.add_argument("--dev", action="store_true", help="check as `serve --dev` would")
+    check.add_argument("--env-file", type=Path)
+    check.set_defaults(run=_check_config)
+    return parser
+
+
+def _client_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", default=os.environ.get("NOTIFIER_URL", DEFAULT_URL))
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("NOTIFIER_API_KEY"),
+        help="bearer key (default: NOTIFIER_API_KEY)",
+    )
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = Settings(_env_file=getattr(args, "env_file", None))
+    overrides = {k: v for k in ("host", "port") if (v := getattr(args, k, None)) is not None}
+    if overrides:
+        settings = settings.model_copy(update=overrides)
+    return settings.for_development() if getattr(args, "dev", False) else settings
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from notifier.app import create_app
+
+    settings = _settings(args)
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # aiosmtpd logs every SMTP command of the capture server at INFO.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
+    app = create_app(settings)
+    if settings.dev:
+        print(
+            f"notifier (dev): capture SMTP on 127.0.0.1:{settings.dev_smtp_port}, "
+            f"mail in {settings.dev_mail_dir}/, API on http://{settings.host}:{settings.port}",
+            file=sys.stderr,
+        )
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
+    )
+    return 0
+
+
+def _dev_smtp(args: argparse.Namespace) -> int:
+    from notifier.devsmtp import CaptureServer
+
+    settings = Settings()
+    mail_dir = args.mail_dir or settings.dev_mail_dir
+    port = args.port if args.port is not None else settings.dev_smtp_port
+    server = CaptureServer(mail_dir, port)
+    server.start()
+    print(f"capture SMTP on 127.0.0.1:{port}, writing to {mail_dir}/ (Ctrl-C stops)")
+    try:
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        server.stop()
+    return 0
+
+
+def _send(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"to": args.to, "cc": args.cc, "bcc": args.bcc, "subject": args.subject}
+    for key, value in (("from", args.sender), ("text", args.text), ("html", args.html)):
+        if value is not None:
+            body[key] = value
+    return _request(args, "POST", "/v1/notifications", body)
+
+
+def _status(args: argparse.Namespace) -> int:
+    return _request(args, "GET", f"/v1/notifications/{args.id}")
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    print(json.dumps(settings.masked(), indent=2, default=str))
+    settings.check_startable()
+    print("configuration OK", file=sys.stderr)
+    return 0
+
+
+def _request(args: argparse.Namespace, method: str, path: str, body: object = None) -> int:
+    if not args.url.startswith(("http://", "https://")):
+        print(f"--url must be an http:// or https:// address, not {args.url!r}", file=sys.stderr)
+        return 2
+    data = None if body is None else json.dumps(body).encode()
+    url = args.url.rstrip("/") + path
+    request = urllib.request.Request(url, data=data, method=method)  # noqa: S310 - scheme checked
+    request.add_header("content-type", "application/json")
+    if args.api_key:
+        request.add_header("authorization", f"Bearer {args.api_key}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+            print(json.dumps(json.load(response), indent=2))
+            return 0
+    except urllib.error.HTTPError as exc:
+        print(f"HTTP {exc.code}: {exc.read().decode(errors='replace')}", file=sys.stderr)
+    except urllib.error.URLError as exc:
+        print(f"cannot reach {args.url}: {exc.reason}", file=sys.stderr)
+    return 1
+
+
+def _explain(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(
+            f"NOTIFIER_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            if e["loc"]
+            else e["msg"]
+            for e in exc.errors()
+        )
+    return str(exc)

@@ -1,0 +1,57 @@
+"""The development capture server: every message it receives becomes an ``.eml`` file.
+
+Runs aiosmtpd in its own thread and event loop, so writing files never touches the
+service's loop. For development and tests only: it binds to loopback and relays nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+
+class CaptureHandler:
+    def __init__(self, mail_dir: Path) -> None:
+        self.mail_dir = mail_dir
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        path = self.save(envelope)
+        return f"250 OK captured as {path.name}"
+
+    def save(self, envelope: Envelope) -> Path:
+        """Write the message atomically, the envelope recorded in ``X-Envelope-*`` headers."""
+        content = envelope.original_content or b""
+        header = (
+            f"X-Envelope-From: {envelope.mail_from}\r\n"
+            f"X-Envelope-To: {', '.join(envelope.rcpt_tos)}\r\n"
+        ).encode()
+        name = f"{time.time_ns()}-{uuid.uuid4().hex[:8]}.eml"
+        temporary = self.mail_dir / f".{name}.tmp"
+        temporary.write_bytes(header + content)
+        final = self.mail_dir / name
+        os.replace(temporary, final)
+        return final
+
+
+class CaptureServer:
+    """An SMTP server on ``127.0.0.1:port`` that files every message under ``mail_dir``."""
+
+    def __init__(self, mail_dir: Path, port: int, host: str = "127.0.0.1") -> None:
+        self.mail_dir = mail_dir
+        self._controller = Controller(CaptureHandler(mail_dir), hostname=host, port=port)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self._controller.hostname, self._controller.port
+
+    def start(self) -> None:
+        self.mail_dir.mkdir(parents=True, exist_ok=True)
+        self._controller.start()
+
+    def stop(self) -> None:
+        self._controller.stop()

@@ -1,0 +1,1 @@
+"""Delivery: claiming due work, speaking SMTP, retrying, acknowledging."""

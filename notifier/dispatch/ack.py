@@ -1,0 +1,137 @@
+"""The acknowledgment file: one JSON line when a notification is accepted, one when it ends.
+
+Lines are appended and fsynced in batches on a dedicated thread, then marked in the
+store. A failing write is retried with backoff (tenacity) while delivery goes on;
+whatever is not marked by a crash is written again at the next start (at least once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
+
+from notifier.domain import Notification
+from notifier.schemas import iso
+from notifier.store import Store
+
+log = logging.getLogger(__name__)
+
+ACCEPTED = "accepted"
+CATCH_UP_BATCH = 1000
+
+
+def ack_line(notification: Notification, event: str, at: float) -> dict[str, Any]:
+    """The record of ``event``: ids, addresses and outcomes, never the body."""
+    return {
+        "id": notification.id,
+        "event": event,
+        "at": iso(at),
+        "message_id": notification.message_id,
+        "recipients": [
+            {"address": r.address, "kind": r.kind.value, "status": r.status.value}
+            for r in notification.recipients
+        ],
+        "metadata": notification.metadata,
+    }
+
+
+class AckWriter:
+    def __init__(
+        self,
+        path: Path,
+        store: Store,
+        *,
+        clock: Callable[[], float],
+        retry_initial: float = 0.5,
+        retry_max: float = 30.0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._path = path
+        self._store = store
+        self._clock = clock
+        self._queue: asyncio.Queue[tuple[Notification, str]] = asyncio.Queue()
+        self._wait = wait_exponential_jitter(multiplier=retry_initial, max=retry_max)
+        self._sleep = sleep
+        self._io = ThreadPoolExecutor(1, thread_name_prefix="notifier-ack")
+        self._task: asyncio.Task[None] | None = None
+
+    def accepted(self, notification: Notification) -> None:
+        self._queue.put_nowait((notification, ACCEPTED))
+
+    def finished(self, notification: Notification) -> None:
+        self._queue.put_nowait((notification, notification.status.value))
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="notifier-ack-writer")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        self._io.shutdown(wait=True)
+
+    async def _run(self) -> None:
+        await self._catch_up()
+        while True:
+            batch = [await self._queue.get()]
+            while not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            # Within a batch, accepted lines go first.
+            batch.sort(key=lambda item: item[1] != ACCEPTED)
+            await self._write_with_retries(batch)
+
+    async def _catch_up(self) -> None:
+        """Write the lines a previous run left unwritten (at least once, so maybe twice)."""
+        while missing := await self._store.unacknowledged(limit=CATCH_UP_BATCH):
+            batch = [(n, ACCEPTED) for n in missing if not n.acknowledged]
+            batch += [(n, n.status.value) for n in missing if n.status.terminal]
+            await self._write_with_retries(batch)
+
+    async def _write_with_retries(self, batch: list[tuple[Notification, str]]) -> None:
+        lines = "".join(
+            json.dumps(ack_line(n, event, self._clock()), ensure_ascii=False) + "\n"
+            for n, event in batch
+        )
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(OSError),
+            wait=self._wait,
+            sleep=self._sleep,
+            before_sleep=lambda state: log.warning(
+                "acknowledgment write failed (attempt %d), retrying: %s",
+                state.attempt_number,
+                state.outcome.exception() if state.outcome else None,
+            ),
+        )
+        loop = asyncio.get_running_loop()
+        async for attempt in retrying:
+            with attempt:
+                await loop.run_in_executor(self._io, _append, self._path, lines)
+        accepted = [n.id for n, event in batch if event == ACCEPTED]
+        final = [n.id for n, event in batch if event != ACCEPTED]
+        await self._mark_with_retries(accepted, final)
+        for n, event in batch:
+            if event == ACCEPTED:
+                n.acknowledged = True
+
+    async def _mark_with_retries(self, accepted: list[str], final: list[str]) -> None:
+        retrying = AsyncRetrying(wait=self._wait, sleep=self._sleep)
+        async for attempt in retrying:
+            with attempt:
+                await self._store.mark_acknowledged(accepted=accepted, final=final)
+
+
+def _append(path: Path, lines: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(lines)
+        handle.flush()
+        os.fsync(handle.fileno())

@@ -1,0 +1,171 @@
+"""How one attempt's result settles a notification: pure, unit-tested without I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from notifier.dispatch.classify import is_success, recipient_status
+from notifier.dispatch.policy import RetryPolicy
+from notifier.domain import (
+    Attempt,
+    Notification,
+    NotificationStatus,
+    Recipient,
+    RecipientStatus,
+)
+from notifier.errors import DeliveryError, PermanentDeliveryError
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    code: int
+    message: str
+
+
+@dataclass(slots=True)
+class SendReport:
+    """What the relay said in one transaction that got as far as RCPT."""
+
+    #: The RCPT reply for each envelope recipient, in order.
+    recipients: dict[str, Reply] = field(default_factory=dict)
+    #: The reply to the end of DATA, when DATA succeeded.
+    data: Reply | None = None
+    #: Why DATA failed, when it did; recipients accepted at RCPT share its fate.
+    data_error: DeliveryError | None = None
+
+
+def open_recipients(notification: Notification) -> list[Recipient]:
+    return [r for r in notification.recipients if r.open]
+
+
+def settle(
+    n: Notification,
+    *,
+    started_at: float,
+    now: float,
+    policy: RetryPolicy,
+    report: SendReport | None = None,
+    error: DeliveryError | None = None,
+) -> None:
+    """Apply the attempt's result to ``n``: recipients, status, next attempt, history."""
+    if error is not None:
+        code, text = _apply_error(n, error)
+    elif report is not None:
+        code, text = _apply_report(n, report)
+    else:
+        raise ValueError("settle needs a report or an error")
+    relay_fault = error is not None and error.relay
+    _conclude(n, now=now, policy=policy, reason=text, relay_fault=relay_fault)
+    n.attempts.append(
+        Attempt(
+            number=n.attempt_count,
+            started_at=started_at,
+            finished_at=now,
+            outcome=n.status.value,
+            smtp_code=code,
+            message=text,
+        )
+    )
+    n.updated_at = now
+
+
+def expire(n: Notification, *, started_at: float, now: float) -> None:
+    """End ``n`` whose lifetime ran out before this attempt could start."""
+    reason = "message lifetime spent before delivery"
+    _close_open(n, reason)
+    n.status = _final_status(n, NotificationStatus.EXPIRED)
+    n.last_error = reason
+    n.next_attempt_at = None
+    n.attempts.append(Attempt(n.attempt_count, started_at, now, n.status.value, None, reason))
+    n.updated_at = now
+
+
+def _apply_error(n: Notification, error: DeliveryError) -> tuple[int | None, str]:
+    status = (
+        RecipientStatus.FAILED
+        if isinstance(error, PermanentDeliveryError)
+        else RecipientStatus.DEFERRED
+    )
+    for r in open_recipients(n):
+        r.status, r.smtp_code, r.smtp_message = status, error.code, str(error)
+    return error.code, str(error)
+
+
+def _apply_report(n: Notification, report: SendReport) -> tuple[int | None, str]:
+    first_refusal: Reply | None = None
+    for r in open_recipients(n):
+        reply = report.recipients.get(r.address)
+        if reply is None:
+            continue
+        if not is_success(reply.code):
+            first_refusal = first_refusal or reply
+            r.status, r.smtp_code, r.smtp_message = (
+                recipient_status(reply.code),
+                reply.code,
+                reply.message,
+            )
+        elif report.data is not None:
+            r.status, r.smtp_code, r.smtp_message = (
+                RecipientStatus.SENT,
+                report.data.code,
+                report.data.message,
+            )
+        elif report.data_error is not None:
+            _apply_error_to(r, report.data_error)
+    if report.data_error is not None:
+        return report.data_error.code, str(report.data_error)
+    if report.data is not None:
+        return report.data.code, report.data.message
+    if first_refusal is not None:
+        return first_refusal.code, f"RCPT: {first_refusal.code} {first_refusal.message}"
+    return None, "no recipient left to send to"
+
+
+def _apply_error_to(r: Recipient, error: DeliveryError) -> None:
+    permanent = isinstance(error, PermanentDeliveryError)
+    r.status = RecipientStatus.FAILED if permanent else RecipientStatus.DEFERRED
+    r.smtp_code, r.smtp_message = error.code, str(error)
+
+
+def _conclude(
+    n: Notification, *, now: float, policy: RetryPolicy, reason: str, relay_fault: bool
+) -> None:
+    if not open_recipients(n):
+        n.status = _final_status(n, NotificationStatus.FAILED)
+        n.next_attempt_at = None
+        n.last_error = None if n.status is NotificationStatus.SENT else _first_failure(n)
+        return
+    next_at = now + policy.delay_after(n.attempt_count)
+    n.last_error = reason
+    if next_at >= n.expires_at:
+        _close_open(n, f"message lifetime spent; last error: {reason}")
+        n.status = _final_status(n, NotificationStatus.EXPIRED)
+        n.next_attempt_at = None
+    elif n.attempt_count >= policy.max_attempts and not relay_fault:
+        _close_open(n, f"{n.attempt_count} attempts spent; last error: {reason}")
+        n.status = _final_status(n, NotificationStatus.FAILED)
+        n.next_attempt_at = None
+    else:
+        n.status = NotificationStatus.DEFERRED
+        n.next_attempt_at = next_at
+
+
+def _close_open(n: Notification, reason: str) -> None:
+    for r in open_recipients(n):
+        r.status = RecipientStatus.FAILED
+        r.smtp_message = reason if r.smtp_message is None else f"{r.smtp_message} ({reason})"
+
+
+def _final_status(n: Notification, nobody_reached: NotificationStatus) -> NotificationStatus:
+    """``sent``, ``partially_sent``, or ``nobody_reached`` once no recipient is open."""
+    sent = sum(r.status is RecipientStatus.SENT for r in n.recipients)
+    if sent == len(n.recipients):
+        return NotificationStatus.SENT
+    return NotificationStatus.PARTIALLY_SENT if sent else nobody_reached
+
+
+def _first_failure(n: Notification) -> str | None:
+    for r in n.recipients:
+        if r.status is RecipientStatus.FAILED:
+            return f"{r.address}: {r.smtp_code or ''} {r.smtp_message or ''}".strip()
+    return None

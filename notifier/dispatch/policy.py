@@ -1,0 +1,44 @@
+"""The retry policy as data, and the backoff it implies.
+
+tenacity's ``wait_exponential_jitter`` computes each delay; the dispatcher persists
+the result as ``next_attempt_at`` so the schedule survives restarts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tenacity import RetryCallState, Retrying, wait_exponential_jitter
+
+from notifier.settings import Settings
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int
+    initial_delay: float
+    max_delay: float
+    _wait: wait_exponential_jitter = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        wait = wait_exponential_jitter(
+            multiplier=self.initial_delay,
+            max=self.max_delay,
+            jitter=self.initial_delay,
+            min=self.initial_delay,
+        )
+        object.__setattr__(self, "_wait", wait)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RetryPolicy:
+        return cls(
+            max_attempts=settings.retry_max_attempts,
+            initial_delay=settings.retry_initial_delay,
+            max_delay=settings.retry_max_delay,
+        )
+
+    def delay_after(self, attempt_number: int) -> float:
+        """Seconds to wait after failed attempt ``attempt_number`` (1-based)."""
+        state = RetryCallState(retry_object=Retrying(), fn=None, args=(), kwargs={})
+        state.attempt_number = attempt_number
+        return float(self._wait(state))

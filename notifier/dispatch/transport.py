@@ -1,0 +1,191 @@
+"""SMTP over aiosmtplib, with connections reused across messages.
+
+The only module that imports aiosmtplib: its exceptions are translated here, in
+:func:`translate`, into transient or permanent ``DeliveryError``s by reply code.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+
+import aiosmtplib
+
+from notifier.dispatch.classify import connection_error, reply_error
+from notifier.dispatch.outcome import Reply, SendReport
+from notifier.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
+from notifier.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class RelayConfig:
+    host: str
+    port: int
+    tls: str
+    username: str | None
+    password: str | None
+    timeout: float
+    data_timeout: float
+    validate_certs: bool
+    local_hostname: str
+    max_messages_per_connection: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RelayConfig:
+        if not settings.smtp_host:
+            raise ValueError("no SMTP host configured")
+        password = settings.smtp_password
+        return cls(
+            host=settings.smtp_host,
+            port=settings.smtp_port,
+            tls=settings.smtp_tls,
+            username=settings.smtp_username,
+            password=password.get_secret_value() if password else None,
+            timeout=settings.smtp_timeout,
+            data_timeout=settings.smtp_data_timeout,
+            validate_certs=settings.smtp_validate_certs,
+            local_hostname=settings.smtp_local_hostname,
+            max_messages_per_connection=settings.smtp_max_messages_per_connection,
+        )
+
+
+class _Connection:
+    __slots__ = ("client", "messages")
+
+    def __init__(self, client: aiosmtplib.SMTP) -> None:
+        self.client = client
+        self.messages = 0
+
+
+class SMTPTransport:
+    """Sends messages through one relay, keeping idle connections for reuse.
+
+    The pool holds at most as many connections as there are concurrent callers,
+    which the dispatcher bounds by ``NOTIFIER_SEND_CONCURRENCY``.
+    """
+
+    def __init__(self, config: RelayConfig) -> None:
+        self._config = config
+        self._idle: list[_Connection] = []
+
+    async def send(self, sender: str, recipients: list[str], message: bytes) -> SendReport:
+        """One SMTP transaction; raises ``DeliveryError`` if it fails before RCPT is done."""
+        connection = self._idle.pop() if self._idle else None
+        try:
+            connection, report = await self._transact(connection, sender, recipients, message)
+        except (aiosmtplib.SMTPException, OSError, ValueError, UnicodeError) as exc:
+            if connection is not None:
+                connection.client.close()
+            raise translate(exc) from exc
+        self._release(connection)
+        return report
+
+    async def close(self) -> None:
+        while self._idle:
+            client = self._idle.pop().client
+            try:
+                await client.quit(timeout=self._config.timeout)
+            except (aiosmtplib.SMTPException, OSError):
+                client.close()
+
+    async def _transact(
+        self, connection: _Connection | None, sender: str, recipients: list[str], message: bytes
+    ) -> tuple[_Connection, SendReport]:
+        connection = await self._ready(connection, sender)
+        client = connection.client
+        report = SendReport()
+        for address in recipients:
+            try:
+                reply = await client.rcpt(address)
+            except aiosmtplib.SMTPRecipientRefused as exc:
+                report.recipients[address] = Reply(exc.code, exc.message)
+            else:
+                report.recipients[address] = Reply(reply.code, reply.message)
+        if not any(200 <= r.code < 300 for r in report.recipients.values()):
+            await client.rset()
+            return connection, report
+        try:
+            reply = await client.data(message, timeout=self._config.data_timeout)
+        except aiosmtplib.SMTPDataError as exc:
+            report.data_error = reply_error(exc.code, exc.message, stage="DATA")
+            await client.rset()
+        else:
+            report.data = Reply(reply.code, reply.message)
+        connection.messages += 1
+        return connection, report
+
+    async def _ready(self, connection: _Connection | None, sender: str) -> _Connection:
+        """A connection on which MAIL FROM has been accepted.
+
+        A reused connection may have been closed by the relay while idle; that
+        costs one reconnect, never a failed attempt.
+        """
+        if connection is not None and connection.client.is_connected:
+            try:
+                await connection.client.mail(sender)
+            except aiosmtplib.SMTPServerDisconnected:
+                connection.client.close()
+            else:
+                return connection
+        connection = _Connection(await self._connect())
+        try:
+            await connection.client.mail(sender)
+        except BaseException:
+            connection.client.close()
+            raise
+        return connection
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        c = self._config
+        client = aiosmtplib.SMTP(
+            hostname=c.host,
+            port=c.port,
+            username=c.username,
+            password=c.password,
+            use_tls=c.tls == "tls",
+            start_tls=c.tls == "starttls",
+            validate_certs=c.validate_certs,
+            timeout=c.timeout,
+            local_hostname=c.local_hostname,
+        )
+        await client.connect()
+        return client
+
+    def _release(self, connection: _Connection) -> None:
+        if connection.messages >= self._config.max_messages_per_connection:
+            connection.client.close()
+        elif connection.client.is_connected:
+            self._idle.append(connection)
+
+
+def translate(exc: BaseException) -> DeliveryError:
+    """The one place aiosmtplib's failures become notifier's, decided by reply code."""
+    match exc:
+        case aiosmtplib.SMTPAuthenticationError():
+            return reply_error(exc.code, exc.message, stage="AUTH", relay=True)
+        case aiosmtplib.SMTPConnectResponseError():
+            return reply_error(exc.code, exc.message, stage="greeting", relay=True)
+        case aiosmtplib.SMTPHeloError():
+            return reply_error(exc.code, exc.message, stage="EHLO", relay=True)
+        case aiosmtplib.SMTPSenderRefused():
+            return reply_error(exc.code, exc.message, stage="MAIL FROM")
+        case aiosmtplib.SMTPDataError():
+            return reply_error(exc.code, exc.message, stage="DATA")
+        case aiosmtplib.SMTPResponseException():
+            return reply_error(exc.code, exc.message, stage="reply")
+        case aiosmtplib.SMTPConnectError():
+            return connection_error(str(exc), stage="connect")
+        case aiosmtplib.SMTPTimeoutError():
+            return TransientDeliveryError(f"timeout: {exc}")
+        case aiosmtplib.SMTPServerDisconnected():
+            return TransientDeliveryError(f"connection lost: {exc}")
+        case aiosmtplib.SMTPException():
+            # STARTTLS refused or not offered, and other relay-level refusals without a code.
+            return connection_error(str(exc), stage="relay")
+        case ssl.SSLError():
+            return connection_error(f"TLS failure: {exc}", stage="TLS")
+        case UnicodeError() | ValueError():
+            return PermanentDeliveryError(f"message could not be encoded for SMTP: {exc}")
+        case OSError():
+            return connection_error(str(exc), stage="connect")
+    return TransientDeliveryError(f"unexpected failure: {exc!r}")

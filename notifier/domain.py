@@ -1,0 +1,141 @@
+"""Plain data: notifications, recipients, attempts and their statuses.
+
+Times are UNIX epoch seconds (floats); the web layer renders them as ISO 8601.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class NotificationStatus(StrEnum):
+    #: Stored and waiting for the dispatcher.
+    QUEUED = "queued"
+    #: Claimed by a dispatcher, an SMTP transaction in progress.
+    SENDING = "sending"
+    #: A transient fault; another attempt is due at ``next_attempt_at``.
+    DEFERRED = "deferred"
+    #: Every recipient accepted by the relay.
+    SENT = "sent"
+    #: Some recipients accepted, the others refused for good.
+    PARTIALLY_SENT = "partially_sent"
+    #: Refused for good, or attempts spent.
+    FAILED = "failed"
+    #: Still undelivered when its lifetime ran out.
+    EXPIRED = "expired"
+    #: Cancelled by a caller before it was sent.
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset(
+    {
+        NotificationStatus.SENT,
+        NotificationStatus.PARTIALLY_SENT,
+        NotificationStatus.FAILED,
+        NotificationStatus.EXPIRED,
+        NotificationStatus.CANCELLED,
+    }
+)
+
+
+class RecipientStatus(StrEnum):
+    #: Not tried yet.
+    PENDING = "pending"
+    #: Accepted by the relay; never sent to again.
+    SENT = "sent"
+    #: Refused for now (4xx) or not reached; retried.
+    DEFERRED = "deferred"
+    #: Refused for good (5xx), or out of attempts.
+    FAILED = "failed"
+
+
+class RecipientKind(StrEnum):
+    TO = "to"
+    CC = "cc"
+    BCC = "bcc"
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """A mailbox: a bare address and an optional display name."""
+
+    address: str
+    name: str | None = None
+
+
+@dataclass(slots=True)
+class Recipient:
+    address: str
+    kind: RecipientKind
+    status: RecipientStatus = RecipientStatus.PENDING
+    smtp_code: int | None = None
+    smtp_message: str | None = None
+
+    @property
+    def open(self) -> bool:
+        """Still to be delivered."""
+        return self.status in (RecipientStatus.PENDING, RecipientStatus.DEFERRED)
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    number: int
+    started_at: float
+    finished_at: float
+    outcome: str
+    smtp_code: int | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Content:
+    """What the message says; fixed once accepted."""
+
+    sender: Address
+    to: tuple[Address, ...]
+    cc: tuple[Address, ...] = ()
+    reply_to: tuple[Address, ...] = ()
+    subject: str = ""
+    text: str | None = None
+    html: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Notification:
+    id: str
+    status: NotificationStatus
+    content: Content
+    recipients: list[Recipient]
+    message_id: str
+    created_at: float
+    updated_at: float
+    expires_at: float
+    metadata: dict[str, Any] = field(default_factory=dict)
+    owner: str | None = None
+    attempts: list[Attempt] = field(default_factory=list)
+    attempt_count: int = 0
+    next_attempt_at: float | None = None
+    last_error: str | None = None
+    acknowledged: bool = False
+    lease_owner: str | None = None
+    lease_started_at: float | None = None
+
+
+def new_id() -> str:
+    """A UUID whose first 48 bits are the millisecond clock, so ids sort by creation."""
+    millis = time.time_ns() // 1_000_000
+    raw = millis.to_bytes(6, "big") + os.urandom(10)
+    value = bytearray(raw)
+    value[6] = (value[6] & 0x0F) | 0x70  # version 7
+    value[8] = (value[8] & 0x3F) | 0x80  # RFC 4122 variant
+    return str(uuid.UUID(bytes=bytes(value)))

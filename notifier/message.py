@@ -1,0 +1,62 @@
+"""Turn a notification into RFC 5322 bytes: the one place headers are built.
+
+Pure: no I/O, so every header rule is unit-tested directly. The API has already
+refused control characters; ``EmailMessage`` is the second line of defence.
+"""
+
+from __future__ import annotations
+
+import email.policy
+from datetime import UTC, datetime
+from email.headerregistry import Address as HeaderAddress
+from email.message import EmailMessage
+from email.utils import format_datetime
+
+from notifier.domain import Address, Content
+
+#: CRLF line endings and 7-bit transfer encodings, so any relay takes the bytes as is.
+WIRE_POLICY = email.policy.SMTP.clone(cte_type="7bit")
+
+
+def message_id_for(notification_id: str, sender: str) -> str:
+    """The Message-ID every copy of a notification carries, on every attempt."""
+    domain = sender.rpartition("@")[2] or "notifier.invalid"
+    return f"<{notification_id}@{domain}>"
+
+
+def build_message(content: Content, *, message_id: str, created_at: float) -> EmailMessage:
+    """The message as sent; Bcc recipients are in the envelope only, never a header."""
+    message = EmailMessage(policy=WIRE_POLICY)
+    message["From"] = _header_address(content.sender)
+    message["To"] = [_header_address(a) for a in content.to]
+    if content.cc:
+        message["Cc"] = [_header_address(a) for a in content.cc]
+    if content.reply_to:
+        message["Reply-To"] = [_header_address(a) for a in content.reply_to]
+    message["Subject"] = content.subject
+    message["Date"] = format_datetime(datetime.fromtimestamp(created_at, UTC))
+    message["Message-ID"] = message_id
+    for name, value in content.headers.items():
+        message[name] = value
+    _set_body(message, content)
+    return message
+
+
+def render(content: Content, *, message_id: str, created_at: float) -> bytes:
+    """The wire bytes of :func:`build_message`."""
+    message = build_message(content, message_id=message_id, created_at=created_at)
+    return message.as_bytes(policy=WIRE_POLICY)
+
+
+def _set_body(message: EmailMessage, content: Content) -> None:
+    if content.text is not None and content.html is not None:
+        message.set_content(content.text)
+        message.add_alternative(content.html, subtype="html")
+    elif content.html is not None:
+        message.set_content(content.html, subtype="html")
+    else:
+        message.set_content(content.text or "")
+
+
+def _header_address(address: Address) -> HeaderAddress:
+    return HeaderAddress(display_name=address.name or "", addr_spec=address.address)

@@ -1,0 +1,288 @@
+"""Request and response models of the HTTP API, and their mapping to the domain.
+
+Validation is strict so that nothing unsafe is ever stored: addresses go through
+email-validator (no display-name tricks, RFC 5321 lengths, no DNS), and control
+characters are refused wherever they could reach a header.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Annotated, Any
+
+from email_validator import EmailNotValidError, validate_email
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    model_validator,
+)
+
+from notifier.domain import (
+    Address,
+    Attempt,
+    Content,
+    Notification,
+    NotificationStatus,
+    Recipient,
+    RecipientKind,
+    RecipientStatus,
+)
+
+#: Anything that could end or forge a header line: C0/C1 controls, DEL, Unicode
+#: line and paragraph separators, and lone surrogates (which cannot be encoded).
+_HEADER_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+#: In bodies, tab and line breaks are text; other C0 controls and surrogates are not.
+_BODY_UNSAFE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+_CUSTOM_HEADER_NAME = re.compile(r"[Xx]-[!-9;-~]+")
+
+MAX_HEADER_VALUE = 998
+MAX_CUSTOM_HEADERS = 50
+
+
+def _header_safe(value: str) -> str:
+    if match := _HEADER_UNSAFE.search(value):
+        raise ValueError(f"control character U+{ord(match.group()):04X} is not allowed here")
+    return value
+
+
+def _body_safe(value: str) -> str:
+    if match := _BODY_UNSAFE.search(value):
+        raise ValueError(f"control character U+{ord(match.group()):04X} is not allowed in a body")
+    return value
+
+
+@lru_cache(maxsize=8192)
+def normalize_address(value: str) -> str:
+    """One bare mailbox, RFC 5321 lengths, IDNA domain; raises ``ValueError``."""
+    _header_safe(value)
+    try:
+        checked = validate_email(value, check_deliverability=False, allow_smtputf8=False)
+    except EmailNotValidError as exc:
+        raise ValueError(f"invalid email address: {exc}") from None
+    return checked.ascii_email or checked.normalized
+
+
+HeaderText = Annotated[str, AfterValidator(_header_safe)]
+BodyText = Annotated[str, AfterValidator(_body_safe)]
+EmailAddress = Annotated[str, AfterValidator(normalize_address)]
+
+
+class NamedAddress(BaseModel):
+    """A mailbox with a display name."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    address: EmailAddress
+    name: HeaderText | None = Field(default=None, max_length=256)
+
+
+AddressIn = Annotated[
+    EmailAddress | NamedAddress,
+    Field(description="A bare address (`a@example.com`) or `{address, name}`."),
+]
+
+
+def _as_list(value: object) -> object:
+    return [value] if isinstance(value, str | dict) else value
+
+
+class NotificationRequest(BaseModel):
+    """A notification to send. At least one of ``text`` and ``html`` is required."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "to": ["ada@example.com"],
+                    "subject": "Your report is ready",
+                    "text": "Hello Ada, your report is ready.",
+                    "metadata": {"report_id": 42},
+                }
+            ]
+        },
+    )
+
+    to: list[AddressIn] = Field(min_length=1)
+    cc: list[AddressIn] = Field(default_factory=list)
+    bcc: list[AddressIn] = Field(default_factory=list)
+    reply_to: Annotated[list[AddressIn], BeforeValidator(_as_list)] = Field(
+        default_factory=list, max_length=10
+    )
+    sender: AddressIn | None = Field(default=None, alias="from")
+    subject: HeaderText = Field(default="", max_length=MAX_HEADER_VALUE)
+    text: BodyText | None = None
+    html: BodyText | None = None
+    headers: dict[str, HeaderText] = Field(default_factory=dict, max_length=MAX_CUSTOM_HEADERS)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> NotificationRequest:
+        if self.text is None and self.html is None:
+            raise ValueError("give `text`, `html`, or both")
+        for name, value in self.headers.items():
+            if not _CUSTOM_HEADER_NAME.fullmatch(name):
+                raise ValueError(f"header {name!r}: only custom `X-` headers may be set")
+            if len(value) > MAX_HEADER_VALUE:
+                raise ValueError(f"header {name!r} is longer than {MAX_HEADER_VALUE} characters")
+        try:
+            json.dumps(self.metadata, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            raise ValueError("metadata holds a string that is not valid Unicode") from None
+        return self
+
+    def recipients(self) -> list[Recipient]:
+        """The envelope: each address once, in to, cc, bcc order."""
+        seen: set[str] = set()
+        result: list[Recipient] = []
+        for kind, group in (
+            (RecipientKind.TO, self.to),
+            (RecipientKind.CC, self.cc),
+            (RecipientKind.BCC, self.bcc),
+        ):
+            for item in group:
+                address = to_address(item).address
+                if address.lower() not in seen:
+                    seen.add(address.lower())
+                    result.append(Recipient(address=address, kind=kind))
+        return result
+
+    def content(self, sender: Address) -> Content:
+        return Content(
+            sender=sender,
+            to=tuple(to_address(a) for a in self.to),
+            cc=tuple(to_address(a) for a in self.cc),
+            reply_to=tuple(to_address(a) for a in self.reply_to),
+            subject=self.subject,
+            text=self.text,
+            html=self.html,
+            headers=dict(self.headers),
+        )
+
+
+def to_address(item: str | NamedAddress) -> Address:
+    if isinstance(item, NamedAddress):
+        return Address(item.address, item.name)
+    return Address(item)
+
+
+# Responses
+
+
+class Links(BaseModel):
+    self: str
+
+
+class NotificationAccepted(BaseModel):
+    id: str
+    status: NotificationStatus
+    created_at: datetime
+    links: Links
+    metadata: dict[str, Any]
+
+
+class RecipientOut(BaseModel):
+    address: str
+    kind: RecipientKind
+    status: RecipientStatus
+    smtp_code: int | None
+    smtp_message: str | None
+
+
+class AttemptOut(BaseModel):
+    number: int
+    started_at: datetime
+    finished_at: datetime
+    outcome: str
+    smtp_code: int | None
+    message: str | None
+
+
+class NotificationOut(BaseModel):
+    id: str
+    status: NotificationStatus
+    subject: str
+    recipients: list[RecipientOut]
+    attempts: list[AttemptOut]
+    attempt_count: int
+    next_attempt_at: datetime | None
+    last_error: str | None
+    message_id: str
+    acknowledged: bool
+    created_at: datetime
+    updated_at: datetime
+    expires_at: datetime
+    metadata: dict[str, Any]
+
+
+class NotificationPage(BaseModel):
+    items: list[NotificationOut]
+    next_cursor: str | None
+
+
+class ErrorBody(BaseModel):
+    detail: str
+    code: str
+
+
+def iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
+
+
+def accepted_body(notification: Notification, location: str) -> dict[str, Any]:
+    return {
+        "id": notification.id,
+        "status": notification.status.value,
+        "created_at": iso(notification.created_at),
+        "links": {"self": location},
+        "metadata": notification.metadata,
+    }
+
+
+def status_body(n: Notification) -> dict[str, Any]:
+    """The status document, built directly: it is on the hot read path."""
+    return {
+        "id": n.id,
+        "status": n.status.value,
+        "subject": n.content.subject,
+        "recipients": [
+            {
+                "address": r.address,
+                "kind": r.kind.value,
+                "status": r.status.value,
+                "smtp_code": r.smtp_code,
+                "smtp_message": r.smtp_message,
+            }
+            for r in n.recipients
+        ],
+        "attempts": [_attempt_body(a) for a in n.attempts],
+        "attempt_count": n.attempt_count,
+        "next_attempt_at": iso(n.next_attempt_at),
+        "last_error": n.last_error,
+        "message_id": n.message_id,
+        "acknowledged": n.acknowledged,
+        "created_at": iso(n.created_at),
+        "updated_at": iso(n.updated_at),
+        "expires_at": iso(n.expires_at),
+        "metadata": n.metadata,
+    }
+
+
+def _attempt_body(a: Attempt) -> dict[str, Any]:
+    return {
+        "number": a.number,
+        "started_at": iso(a.started_at),
+        "finished_at": iso(a.finished_at),
+        "outcome": a.outcome,
+        "smtp_code": a.smtp_code,
+        "message": a.message,
+    }

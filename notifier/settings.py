@@ -1,0 +1,170 @@
+"""Every setting notifier reads, from ``NOTIFIER_*`` environment variables.
+
+Built once by the entry point and passed down; there is no module-level instance.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from notifier.errors import ConfigError
+
+CommaList = Annotated[list[str], NoDecode]
+
+DEV_SMTP_HOST = "127.0.0.1"
+DEV_MAIL_FROM = "notifier@example.com"
+
+
+class Settings(BaseSettings):
+    """Configuration of one notifier process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="NOTIFIER_",
+        extra="ignore",
+        hide_input_in_errors=True,
+        validate_default=True,
+    )
+
+    # Serving
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    dev: bool = False
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    # SMTP relay
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_tls: Literal["starttls", "tls", "none"] = "starttls"
+    smtp_timeout: float = Field(default=30.0, gt=0)
+    smtp_data_timeout: float = Field(default=600.0, gt=0)
+    smtp_validate_certs: bool = True
+    smtp_local_hostname: str = Field(default_factory=socket.gethostname)
+    smtp_max_messages_per_connection: int = Field(default=100, ge=1)
+
+    # Senders
+    mail_from: str | None = None
+    allowed_senders: CommaList = Field(default_factory=list)
+
+    # Storage and acknowledgments
+    database_url: str = "sqlite:///./data/notifier.db"
+    ack_file: Path = Path("./data/acknowledgments.jsonl")
+
+    # Delivery
+    send_concurrency: int = Field(default=16, ge=1, le=1024)
+    retry_max_attempts: int = Field(default=10, ge=1)
+    retry_initial_delay: float = Field(default=30.0, gt=0)
+    retry_max_delay: float = Field(default=3600.0, gt=0)
+    message_lifetime: float = Field(default=3 * 24 * 3600.0, gt=0)
+    lease_seconds: float = Field(default=900.0, gt=0)
+    poll_interval: float = Field(default=1.0, gt=0)
+
+    # Limits
+    max_request_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_recipients: int = Field(default=100, ge=1)
+
+    # Authentication
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    auth_disabled: bool = False
+
+    # Development capture server (used with --dev and `notifier dev-smtp`)
+    dev_smtp_port: int = Field(default=1025, ge=0, le=65535)
+    dev_mail_dir: Path = Path("./data/mail")
+
+    @field_validator("allowed_senders", mode="before")
+    @classmethod
+    def _split_senders(cls, value: object) -> object:
+        return _split_commas(value)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        return _split_commas(value)
+
+    @model_validator(mode="after")
+    def _plaintext_auth_is_refused(self) -> Settings:
+        if self.smtp_username and self.smtp_tls == "none" and not self.dev:
+            raise ValueError(
+                "NOTIFIER_SMTP_USERNAME is set but NOTIFIER_SMTP_TLS=none: "
+                "credentials are never sent over an unencrypted connection; "
+                "use NOTIFIER_SMTP_TLS=starttls or tls"
+            )
+        if self.retry_initial_delay > self.retry_max_delay:
+            raise ValueError("NOTIFIER_RETRY_INITIAL_DELAY exceeds NOTIFIER_RETRY_MAX_DELAY")
+        return self
+
+    @property
+    def sqlite_path(self) -> Path:
+        """The database file named by ``database_url``."""
+        prefix = "sqlite:///"
+        if not self.database_url.startswith(prefix):
+            raise ConfigError(
+                f"NOTIFIER_DATABASE_URL must start with {prefix!r} "
+                "(only SQLite is supported in this version)"
+            )
+        return Path(self.database_url.removeprefix(prefix))
+
+    @property
+    def sender(self) -> str:
+        """The default From address."""
+        if self.mail_from:
+            return self.mail_from
+        if self.dev:
+            return DEV_MAIL_FROM
+        raise ConfigError("NOTIFIER_MAIL_FROM is not set: set it to the default sender address")
+
+    def for_development(self) -> Settings:
+        """These settings with delivery pointed at the embedded capture server."""
+        return self.model_copy(
+            update={
+                "dev": True,
+                "smtp_host": DEV_SMTP_HOST,
+                "smtp_port": self.dev_smtp_port,
+                "smtp_tls": "none",
+                "smtp_username": None,
+                "smtp_password": None,
+            }
+        )
+
+    def check_startable(self) -> None:
+        """Fail fast, naming the variable, on what cannot run in production."""
+        if not self.smtp_host:
+            raise ConfigError(
+                "NOTIFIER_SMTP_HOST is not set: set it to your SMTP relay, "
+                "or run `notifier serve --dev` to use the embedded capture server"
+            )
+        _ = self.sender
+        _ = self.sqlite_path
+        if not self.api_keys and not self.auth_disabled and not self.dev:
+            raise ConfigError(
+                "no API keys: set NOTIFIER_API_KEYS=key1,key2 (callers send "
+                "`Authorization: Bearer <key>`), or NOTIFIER_AUTH_DISABLED=true "
+                "to run without authentication on purpose"
+            )
+
+    @property
+    def auth_required(self) -> bool:
+        return bool(self.api_keys) and not self.auth_disabled
+
+    def masked(self) -> dict[str, object]:
+        """Effective settings for display, secrets replaced by asterisks."""
+        shown: dict[str, object] = {}
+        for name, value in self.model_dump().items():
+            if isinstance(value, SecretStr):
+                value = "********"
+            elif isinstance(value, list) and value and isinstance(value[0], SecretStr):
+                value = [f"******** ({len(value)} keys)"]
+            shown[f"NOTIFIER_{name.upper()}"] = value
+        return shown
+
+
+def _split_commas(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value

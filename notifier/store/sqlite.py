@@ -1,0 +1,460 @@
+"""The embedded store: one SQLite file in WAL mode.
+
+Every write goes through one writer thread that drains its queue and commits each
+batch as one transaction (group commit), so concurrent requests share an fsync and
+the event loop never waits on the disk. Reads run on a small pool of reader threads
+with their own connections. One process owns a database file at a time (a lock file).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import os
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
+from dataclasses import asdict
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+from notifier.domain import (
+    Address,
+    Attempt,
+    Content,
+    Notification,
+    NotificationStatus,
+    Recipient,
+    RecipientKind,
+    RecipientStatus,
+)
+from notifier.errors import StoreError, StoreLockedError
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+MAX_BATCH = 512
+BUSY_TIMEOUT_MS = 5000
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS notifications (
+    id TEXT PRIMARY KEY,
+    owner TEXT,
+    status TEXT NOT NULL,
+    content TEXT NOT NULL,
+    recipients TEXT NOT NULL,
+    attempts TEXT NOT NULL DEFAULT '[]',
+    metadata TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    visible_at REAL,
+    next_attempt_at REAL,
+    attempt_count INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    lease_owner TEXT,
+    lease_started_at REAL,
+    ack_accepted INTEGER NOT NULL DEFAULT 0,
+    ack_final INTEGER
+);
+CREATE INDEX IF NOT EXISTS notifications_due
+    ON notifications (visible_at) WHERE visible_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS notifications_status ON notifications (status, id);
+CREATE INDEX IF NOT EXISTS notifications_unacknowledged
+    ON notifications (id) WHERE ack_accepted = 0 OR ack_final = 0;
+"""
+
+_INTERRUPTED = "the sender stopped before recording an outcome; the message may have been delivered"
+
+#: Leases due work; a row still ``sending`` (its lease expired) gets an
+#: ``interrupted`` attempt first. SET expressions read the row as it was.
+CLAIM = """
+UPDATE notifications SET
+    attempts = CASE WHEN status = 'sending' THEN json_insert(attempts, '$[#]', json_object(
+        'number', attempt_count, 'started_at', lease_started_at, 'finished_at', :now,
+        'outcome', 'interrupted', 'smtp_code', NULL, 'message', :interrupted))
+        ELSE attempts END,
+    status = 'sending',
+    lease_owner = :owner,
+    lease_started_at = :now,
+    visible_at = :lease_until,
+    attempt_count = attempt_count + 1,
+    updated_at = :now
+WHERE id IN (
+    SELECT id FROM notifications WHERE visible_at <= :now ORDER BY visible_at LIMIT :limit
+)
+RETURNING *
+"""
+
+FINISH = """
+UPDATE notifications SET
+    status = :status, recipients = :recipients, attempts = :attempts,
+    visible_at = :visible_at, next_attempt_at = :next_attempt_at,
+    last_error = :last_error, updated_at = :updated_at,
+    lease_owner = NULL, lease_started_at = NULL,
+    ack_final = CASE WHEN :terminal THEN 0 ELSE NULL END
+WHERE id = :id AND lease_owner = :lease_owner AND attempt_count = :attempt_count
+"""
+
+INSERT = """
+INSERT INTO notifications (id, owner, status, content, recipients, metadata, message_id,
+    created_at, updated_at, expires_at, visible_at)
+VALUES (:id, :owner, :status, :content, :recipients, :metadata, :message_id,
+    :created_at, :updated_at, :expires_at, :visible_at)
+"""
+
+
+class SQLiteStore:
+    """The :class:`~notifier.store.base.Store` on one SQLite file."""
+
+    def __init__(self, path: Path, *, readers: int = 2) -> None:
+        self.path = path
+        self._readers = readers
+        self._lock_file: IO[str] | None = None
+        self._writer: _Writer | None = None
+        self._read_pool: ThreadPoolExecutor | None = None
+        self._read_local = threading.local()
+        self._read_connections: list[sqlite3.Connection] = []
+        self._read_connections_lock = threading.Lock()
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_file = _take_lock(self.path)
+        loop = asyncio.get_running_loop()
+        self._writer = _Writer(self.path, loop)
+        self._writer.start()
+        await self._write(_migrate)
+        self._read_pool = ThreadPoolExecutor(self._readers, thread_name_prefix="notifier-read")
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            await asyncio.to_thread(self._writer.stop)
+            self._writer = None
+        if self._read_pool is not None:
+            self._read_pool.shutdown(wait=True)
+            self._read_pool = None
+        with self._read_connections_lock:
+            for connection in self._read_connections:
+                connection.close()
+            self._read_connections.clear()
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+    async def ping(self) -> None:
+        await self._read(lambda c: c.execute("SELECT 1").fetchone())
+
+    async def add(self, notification: Notification) -> None:
+        row = _to_row(notification)
+        await self._write(lambda c: c.execute(INSERT, row))
+
+    async def get(self, notification_id: str) -> Notification | None:
+        def query(c: sqlite3.Connection) -> sqlite3.Row | None:
+            row: sqlite3.Row | None = c.execute(
+                "SELECT * FROM notifications WHERE id = ?", (notification_id,)
+            ).fetchone()
+            return row
+
+        row = await self._read(query)
+        return None if row is None else _from_row(row)
+
+    async def page(
+        self, *, status: NotificationStatus | None, limit: int, before_id: str | None
+    ) -> list[Notification]:
+        clauses, params = [], []
+        if status is not None:
+            clauses.append("status = ?")
+            params.append(status.value)
+        if before_id is not None:
+            clauses.append("id < ?")
+            params.append(before_id)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = f"SELECT * FROM notifications {where} ORDER BY id DESC LIMIT ?"  # noqa: S608
+        rows = await self._read(lambda c: c.execute(sql, (*params, limit)).fetchall())
+        return [_from_row(r) for r in rows]
+
+    async def claim(
+        self, *, owner: str, now: float, lease_until: float, limit: int
+    ) -> list[Notification]:
+        params = {
+            "owner": owner,
+            "now": now,
+            "lease_until": lease_until,
+            "limit": limit,
+            "interrupted": _INTERRUPTED,
+        }
+        rows = await self._write(lambda c: c.execute(CLAIM, params).fetchall())
+        return [_from_row(r) for r in rows]
+
+    async def finish_attempt(self, notification: Notification, *, lease_owner: str) -> bool:
+        n = notification
+        terminal = n.status.terminal
+        params = {
+            "id": n.id,
+            "status": n.status.value,
+            "recipients": _dump([asdict(r) for r in n.recipients]),
+            "attempts": _dump([asdict(a) for a in n.attempts]),
+            "visible_at": None if terminal else n.next_attempt_at,
+            "next_attempt_at": n.next_attempt_at,
+            "last_error": n.last_error,
+            "updated_at": n.updated_at,
+            "terminal": terminal,
+            "lease_owner": lease_owner,
+            "attempt_count": n.attempt_count,
+        }
+        changed = await self._write(lambda c: c.execute(FINISH, params).rowcount)
+        return changed == 1
+
+    async def release_leases(self, *, now: float) -> int:
+        sql = "UPDATE notifications SET visible_at = ? WHERE status = 'sending'"
+        changed: int = await self._write(lambda c: c.execute(sql, (now,)).rowcount)
+        return changed
+
+    async def mark_acknowledged(self, *, accepted: Sequence[str], final: Sequence[str]) -> None:
+        def mark(c: sqlite3.Connection) -> None:
+            c.executemany(
+                "UPDATE notifications SET ack_accepted = 1 WHERE id = ?", [(i,) for i in accepted]
+            )
+            c.executemany(
+                "UPDATE notifications SET ack_final = 1 WHERE id = ? AND ack_final = 0",
+                [(i,) for i in final],
+            )
+
+        await self._write(mark)
+
+    async def unacknowledged(self, *, limit: int) -> list[Notification]:
+        sql = (
+            "SELECT * FROM notifications WHERE ack_accepted = 0 OR ack_final = 0 "
+            "ORDER BY id LIMIT ?"
+        )
+        rows = await self._read(lambda c: c.execute(sql, (limit,)).fetchall())
+        return [_from_row(r) for r in rows]
+
+    async def _write(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        if self._writer is None:
+            raise StoreError("the store is closed")
+        return await self._writer.submit(job)
+
+    async def _read(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        if self._read_pool is None:
+            raise StoreError("the store is closed")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._read_pool, self._run_read, job)
+        except sqlite3.Error as exc:
+            raise StoreError(f"database read failed: {exc}") from exc
+
+    def _run_read(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        connection: sqlite3.Connection | None = getattr(self._read_local, "connection", None)
+        if connection is None:
+            connection = _connect(self.path)
+            connection.execute("PRAGMA query_only = ON")
+            self._read_local.connection = connection
+            with self._read_connections_lock:
+                self._read_connections.append(connection)
+        return job(connection)
+
+
+class _Job:
+    __slots__ = ("fn", "future")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any], future: asyncio.Future[Any]):
+        self.fn = fn
+        self.future = future
+
+
+class _Writer(threading.Thread):
+    """Owns the only writing connection; commits whatever has queued up as one batch."""
+
+    def __init__(self, path: Path, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(name="notifier-sqlite-writer", daemon=True)
+        self._path = path
+        self._loop = loop
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+
+    def submit(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        future: asyncio.Future[T] = self._loop.create_future()
+        self._queue.put(_Job(fn, future))
+        return future
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self.join()
+
+    def run(self) -> None:
+        connection = _connect(self._path)
+        try:
+            while (batch := self._next_batch()) is not None:
+                results = _commit(connection, batch)
+                self._loop.call_soon_threadsafe(_settle, results)
+        finally:
+            connection.close()
+
+    def _next_batch(self) -> list[_Job] | None:
+        first = self._queue.get()
+        if first is None:
+            return None
+        batch = [first]
+        while len(batch) < MAX_BATCH:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                self._queue.put(None)
+                break
+            batch.append(job)
+        return batch
+
+
+_Result = tuple[_Job, Any, BaseException | None]
+
+
+def _commit(connection: sqlite3.Connection, batch: list[_Job]) -> list[_Result]:
+    """Run every job in one transaction; a failing job is rolled back alone."""
+    results: list[_Result] = []
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+        for job in batch:
+            connection.execute("SAVEPOINT job")
+            try:
+                value = job.fn(connection)
+            except Exception as exc:  # noqa: BLE001 - handed to the job's awaiting caller
+                connection.execute("ROLLBACK TO job")
+                if isinstance(exc, sqlite3.Error):
+                    exc = StoreError(f"database write failed: {exc}")
+                results.append((job, None, exc))
+            else:
+                results.append((job, value, None))
+            connection.execute("RELEASE job")
+        connection.execute("COMMIT")
+    except sqlite3.Error as exc:
+        with suppress(sqlite3.Error):
+            connection.execute("ROLLBACK")
+        error = StoreError(f"database commit failed: {exc}")
+        return [(job, None, error) for job in batch]
+    return results
+
+
+def _settle(results: list[_Result]) -> None:
+    for job, value, error in results:
+        if job.future.done():
+            continue
+        if error is None:
+            job.future.set_result(value)
+        else:
+            job.future.set_exception(error)
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    connection = sqlite3.connect(
+        path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+    )
+    connection.row_factory = sqlite3.Row
+    connection.execute("PRAGMA journal_mode = WAL")
+    connection.execute("PRAGMA synchronous = FULL")
+    connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    return connection
+
+
+def _migrate(connection: sqlite3.Connection) -> None:
+    version = connection.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise sqlite3.DatabaseError(
+            f"database schema version {version} is newer than this notifier ({SCHEMA_VERSION})"
+        )
+    for statement in SCHEMA.split(";"):
+        if statement.strip():
+            connection.execute(statement)
+    connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _take_lock(path: Path) -> IO[str]:
+    lock_path = path.with_name(path.name + ".lock")
+    handle = open(lock_path, "a+")  # noqa: SIM115 - held open for the store's lifetime
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise StoreLockedError(
+            f"{path} is already served by another notifier process (pid {holder}); "
+            "one process serves one SQLite database"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+def _dump(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _address(value: dict[str, Any]) -> Address:
+    return Address(value["address"], value.get("name"))
+
+
+def _to_row(n: Notification) -> dict[str, Any]:
+    content = n.content
+    return {
+        "id": n.id,
+        "owner": n.owner,
+        "status": n.status.value,
+        "content": _dump(asdict(content)),
+        "recipients": _dump([asdict(r) for r in n.recipients]),
+        "metadata": _dump(n.metadata),
+        "message_id": n.message_id,
+        "created_at": n.created_at,
+        "updated_at": n.updated_at,
+        "expires_at": n.expires_at,
+        "visible_at": n.created_at,
+    }
+
+
+def _from_row(row: sqlite3.Row) -> Notification:
+    content = json.loads(row["content"])
+    return Notification(
+        id=row["id"],
+        owner=row["owner"],
+        status=NotificationStatus(row["status"]),
+        content=Content(
+            sender=_address(content["sender"]),
+            to=tuple(_address(a) for a in content["to"]),
+            cc=tuple(_address(a) for a in content["cc"]),
+            reply_to=tuple(_address(a) for a in content["reply_to"]),
+            subject=content["subject"],
+            text=content["text"],
+            html=content["html"],
+            headers=content["headers"],
+        ),
+        recipients=[
+            Recipient(
+                address=r["address"],
+                kind=RecipientKind(r["kind"]),
+                status=RecipientStatus(r["status"]),
+                smtp_code=r["smtp_code"],
+                smtp_message=r["smtp_message"],
+            )
+            for r in json.loads(row["recipients"])
+        ],
+        attempts=[Attempt(**a) for a in json.loads(row["attempts"])],
+        metadata=json.loads(row["metadata"]),
+        message_id=row["message_id"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        expires_at=row["expires_at"],
+        next_attempt_at=row["next_attempt_at"],
+        attempt_count=row["attempt_count"],
+        last_error=row["last_error"],
+        acknowledged=bool(row["ack_accepted"]),
+        lease_owner=row["lease_owner"],
+        lease_started_at=row["lease_started_at"],
+    )

@@ -1,0 +1,127 @@
+"""Shared fixtures: a real SMTP server, test settings and the app with its lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from notifier.app import create_app
+from notifier.settings import Settings
+from tests.smtp_server import ScriptedHandler, SMTPServer
+
+TERMINAL = {"sent", "partially_sent", "failed", "expired", "cancelled"}
+DEADLINE_SECONDS = 15.0
+
+MakeSettings = Callable[..., Settings]
+
+
+@pytest.fixture
+def smtp() -> Iterator[SMTPServer]:
+    server = SMTPServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def smtp_handler(smtp: SMTPServer) -> ScriptedHandler:
+    return smtp.handler
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, smtp: SMTPServer) -> MakeSettings:
+    """Settings against the test SMTP server, with millisecond retries."""
+
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "smtp_host": smtp.host,
+            "smtp_port": smtp.port,
+            "smtp_tls": "none",
+            "smtp_timeout": 5.0,
+            "smtp_local_hostname": "notifier.test",
+            "mail_from": "notifier@example.com",
+            "database_url": f"sqlite:///{tmp_path / 'notifier.db'}",
+            "ack_file": tmp_path / "acks.jsonl",
+            "auth_disabled": True,
+            "retry_initial_delay": 0.01,
+            "retry_max_delay": 0.05,
+            "retry_max_attempts": 5,
+            "poll_interval": 0.02,
+            "send_concurrency": 4,
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    return make
+
+
+@pytest.fixture
+def settings(make_settings: MakeSettings) -> Settings:
+    return make_settings()
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    async with running_app(settings) as http:
+        yield http
+
+
+class running_app:  # noqa: N801 - used like a function: `async with running_app(s) as client`
+    """The app with its lifespan running, and an httpx client talking to it in-process."""
+
+    def __init__(self, settings: Settings, headers: dict[str, str] | None = None) -> None:
+        self.app = create_app(settings)
+        self._lifespan = self.app.router.lifespan_context(self.app)
+        self._client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=self.app),
+            base_url="http://notifier.test",
+            headers=headers,
+        )
+
+    async def __aenter__(self) -> httpx.AsyncClient:
+        await self._lifespan.__aenter__()
+        return self._client
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._client.aclose()
+        await self._lifespan.__aexit__(None, None, None)
+
+
+def notification(**overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"to": ["ada@example.com"], "subject": "Hello", "text": "Hi Ada"}
+    body.update(overrides)
+    return body
+
+
+async def post(client: httpx.AsyncClient, **overrides: Any) -> str:
+    response = await client.post("/v1/notifications", json=notification(**overrides))
+    assert response.status_code == 202, response.text
+    notification_id: str = response.json()["id"]
+    return notification_id
+
+
+async def wait_for(
+    client: httpx.AsyncClient,
+    notification_id: str,
+    until: Callable[[dict[str, Any]], bool] = lambda doc: doc["status"] in TERMINAL,
+    deadline: float = DEADLINE_SECONDS,
+) -> dict[str, Any]:
+    """Poll the status endpoint until ``until`` holds; fail at the deadline."""
+    give_up = time.monotonic() + deadline
+    while True:
+        response = await client.get(f"/v1/notifications/{notification_id}")
+        assert response.status_code == 200, response.text
+        doc: dict[str, Any] = response.json()
+        if until(doc):
+            return doc
+        if time.monotonic() > give_up:
+            pytest.fail(f"deadline passed; last status document: {doc}")
+        await asyncio.sleep(0.01)

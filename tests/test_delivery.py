@@ -1,0 +1,192 @@
+"""Delivery over a real SMTP server: every classification path of one transaction."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.conftest import post, wait_for
+from tests.smtp_server import DROP, ScriptedHandler
+
+
+async def test_notification_is_delivered_and_recorded(
+    client: httpx.AsyncClient, smtp_handler: ScriptedHandler
+) -> None:
+    notification_id = await post(client, to=["ada@example.com"], cc=["bob@example.com"])
+
+    doc = await wait_for(client, notification_id)
+
+    assert doc["status"] == "sent"
+    assert [r["status"] for r in doc["recipients"]] == ["sent", "sent"]
+    assert [a["outcome"] for a in doc["attempts"]] == ["sent"]
+    assert doc["attempts"][0]["smtp_code"] == 250
+    (received,) = smtp_handler.received
+    assert received.mail_from == "notifier@example.com"
+    assert received.rcpt_tos == ["ada@example.com", "bob@example.com"]
+    assert received.message_id == doc["message_id"]
+    assert received.message["Subject"] == "Hello"
+    assert received.message.get_content().strip() == "Hi Ada"
+
+
+async def test_bcc_is_in_the_envelope_but_not_the_headers(
+    client: httpx.AsyncClient, smtp_handler: ScriptedHandler
+) -> None:
+    notification_id = await post(client, bcc=["secret@example.com"])
+
+    await wait_for(client, notification_id)
+
+    (received,) = smtp_handler.received
+    assert "secret@example.com" in received.rcpt_tos
+    assert b"secret@example.com" not in received.data
+
+
+async def test_transient_data_reply_is_retried_under_the_same_message_id(
+    client: httpx.AsyncClient, smtp_handler: ScriptedHandler
+) -> None:
+    smtp_handler.data_replies.extend(["451 4.3.0 Try again later", "452 4.3.1 Full"])
+
+    doc = await wait_for(client, await post(client))
+
+    assert doc["status"] == "sent"
+    assert [a["outcome"] for a in doc["attempts"]] == ["deferred", "deferred", "sent"]
+    assert [a["smtp_code"] for a in doc["attempts"]] == [451, 452, 250]
+    assert smtp_handler.data_commands == 3
+    (received,) = smtp_handler.received
+    assert received.message_id == doc["message_id"]
+
+
+async def test_permanent_data_reply_fails_at_once(
+    client: httpx.AsyncClient, smtp_handler: ScriptedHandler
+) -> None:
+    smtp_handler.data_replies.append("554 5.6.0 Message rejected")
+
+    doc = await wait_for(client, await post(client))
+
+    assert doc["status"] == "failed"
+    assert len(doc["attempts"]) == 1
+    assert doc["attempts"][0]["smtp_code"] == 554
+    assert doc["recipients"][0]["status"] == "failed"
+    assert doc["recipients"][0]["smtp_code"] == 554
+    assert "554" in doc["last_error"]
+    assert smtp_handler.received == []
+
+
+async def test_permanent_sender_refusal_fails_at_once(
+    client: httpx.AsyncClient, smtp_handler: ScriptedHandler
+) -> None:
+    smtp_handler.mail_replies.append("550 5.7.1 Sender not allowed")
+
+    doc = await wait_for(client, await post(client))
+
+    assert doc["status"] == "failed"
+    assert doc["attempts"][0]["smtp_code"] == 550
+    assert smtp_handler.data_commands == 0
+
+
+async def test_transient_sender_refusal_is_retried(
+    client: httpx.AsyncClient, smtp_handler: ScriptedHandler
+) -> None:
+    smtp_handler.mail_replies.append("451 4.7.1 Greylisted")
+
+    doc = await wait_for(client, await post(client))
+
+    assert doc["status"] == "sent"
+    assert [a["smtp_code"] for a in doc["attempts"]] == [451, 250]
+    assert len(smtp_handler.received) == 1
+
+
+async def test_partial_refusal_sends_to_the_accepted_and_fails_the_refused(
+    client: httpx.AsyncClient, smtp_handler: ScriptedHandler
+) -> None:
+    smtp_handler.rcpt_replies["gone@example.com"].append("550 5.1.1 No such user")
+
+    doc = await wait_for(client, await post(client, to=["ada@example.com", "gone@example.com"]))
+
+    assert doc["status"] == "partially_sent"
+    by_address = {r["address"]: r for r in doc["recipients"]}
+    assert by_address["ada@example.com"]["status"] == "sent"
+    assert by_address["gone@example.com"]["status"] == "failed"
+    assert by_address["gone@example.com"]["smtp_code"] == 550
+    (received,) = smtp_handler.received
+    assert received.rcpt_tos == ["ada@example.com"]
+
+
+async def test_deferred_recipient_alone_is_retried_and_accepted_one_never_resent(
+    client: httpx.AsyncClient, smtp_handler: ScriptedHandler
+) -> None:
+    smtp_handler.rcpt_replies["busy@example.com"].append("452 4.2.2 Mailbox full")
+
+    doc = await wait_for(client, await post(client, to=["ada@example.com", "busy@example.com"]))
+
+    assert doc["status"] == "sent"
+    assert [r["status"] for r in doc["recipients"]] == ["sent", "sent"]
+    assert [a["outcome"] for a in doc["attempts"]] == ["deferred", "sent"]
+    assert [r.rcpt_tos for r in smtp_handler.received] == [
+        ["ada@example.com"],
+        ["busy@example.com"],
+    ]
+    assert len({r.message_id for r in smtp_handler.received}) == 1
+
+
+async def test_every_recipient_refused_permanently_fails_without_data(
+    client: httpx.AsyncClient, smtp_handler: ScriptedHandler
+) -> None:
+    smtp_handler.rcpt_replies["ada@example.com"].append("550 5.1.1 Unknown")
+    smtp_handler.rcpt_replies["bob@example.com"].append("553 5.1.3 Bad address")
+
+    doc = await wait_for(client, await post(client, to=["ada@example.com", "bob@example.com"]))
+
+    assert doc["status"] == "failed"
+    assert [r["smtp_code"] for r in doc["recipients"]] == [550, 553]
+    assert smtp_handler.data_commands == 0
+
+
+async def test_too_many_recipients_reply_is_transient(
+    client: httpx.AsyncClient, smtp_handler: ScriptedHandler
+) -> None:
+    smtp_handler.rcpt_replies["ada@example.com"].append("552 5.5.3 Too many recipients")
+
+    doc = await wait_for(client, await post(client))
+
+    assert doc["status"] == "sent"
+    assert [a["outcome"] for a in doc["attempts"]] == ["deferred", "sent"]
+
+
+async def test_dropped_connection_is_retried_on_a_new_connection(
+    client: httpx.AsyncClient, smtp_handler: ScriptedHandler
+) -> None:
+    smtp_handler.rcpt_replies["ada@example.com"].append(DROP)
+
+    doc = await wait_for(client, await post(client))
+
+    assert doc["status"] == "sent"
+    assert doc["attempts"][0]["outcome"] == "deferred"
+    assert "connection lost" in doc["attempts"][0]["message"]
+    assert len(smtp_handler.received) == 1
+    assert smtp_handler.sessions == 2
+
+
+async def test_attempts_spent_end_failed_with_the_last_error(
+    client: httpx.AsyncClient, smtp_handler: ScriptedHandler
+) -> None:
+    smtp_handler.data_replies.extend(["451 4.3.0 Busy"] * 5)
+
+    doc = await wait_for(client, await post(client))
+
+    assert doc["status"] == "failed"
+    assert len(doc["attempts"]) == 5
+    assert "5 attempts spent" in doc["recipients"][0]["smtp_message"]
+    assert "451" in doc["last_error"]
+    assert smtp_handler.received == []
+
+
+async def test_connections_are_reused_across_messages(
+    client: httpx.AsyncClient, smtp_handler: ScriptedHandler
+) -> None:
+    ids = [await post(client, subject=f"message {i}") for i in range(12)]
+
+    for notification_id in ids:
+        assert (await wait_for(client, notification_id))["status"] == "sent"
+
+    assert len(smtp_handler.received) == 12
+    # At most one connection per concurrent sender (send_concurrency=4), not one per message.
+    assert smtp_handler.sessions <= 4
