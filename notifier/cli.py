@@ -1,4 +1,4 @@
-"""``notifier serve | dev-smtp | send | status | check-config``."""
+"""notifier: serve the API, run the capture SMTP server, send and inspect notifications."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from notifier.errors import NotifierError
+from notifier.errors import ConfigError, NotifierError
 from notifier.settings import Settings
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -85,10 +85,12 @@ def _client_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    settings = Settings(_env_file=getattr(args, "env_file", None))
+    env_file: Path | None = getattr(args, "env_file", None)
+    if env_file is not None and not env_file.is_file():
+        raise ConfigError(f"--env-file {env_file}: no such file")
+    # Command-line values go through validation like the environment's, and win over it.
     overrides = {k: v for k in ("host", "port") if (v := getattr(args, k, None)) is not None}
-    if overrides:
-        settings = settings.model_copy(update=overrides)
+    settings = Settings(_env_file=env_file, **overrides)
     return settings.for_development() if getattr(args, "dev", False) else settings
 
 
@@ -127,11 +129,14 @@ def _dev_smtp(args: argparse.Namespace) -> int:
     settings = Settings()
     mail_dir = args.mail_dir or settings.dev_mail_dir
     port = args.port if args.port is not None else settings.dev_smtp_port
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
+    # Blocked before the server thread starts, so only sigwait below receives them.
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     server = CaptureServer(mail_dir, port)
     server.start()
-    print(f"capture SMTP on 127.0.0.1:{port}, writing to {mail_dir}/ (Ctrl-C stops)")
+    print(f"capture SMTP on 127.0.0.1:{port}, writing to {mail_dir}/ (Ctrl-C stops)", flush=True)
     try:
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        signal.sigwait(stop_signals)
     finally:
         server.stop()
     return 0

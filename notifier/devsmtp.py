@@ -14,6 +14,8 @@ from pathlib import Path
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from notifier.errors import ConfigError
+
 
 class CaptureHandler:
     def __init__(self, mail_dir: Path) -> None:
@@ -51,7 +53,14 @@ class CaptureServer:
 
     def start(self) -> None:
         self.mail_dir.mkdir(parents=True, exist_ok=True)
-        self._controller.start()
+        try:
+            self._controller.start()
+        except OSError as exc:
+            host, port = self.address
+            raise ConfigError(
+                f"the capture SMTP server cannot listen on {host}:{port} ({exc.strerror or exc}); "
+                "set NOTIFIER_DEV_SMTP_PORT to a free port"
+            ) from exc
 
     def stop(self) -> None:
         self._controller.stop()

@@ -94,6 +94,8 @@ class Attempt:
     outcome: str
     smtp_code: int | None = None
     message: str | None = None
+    #: The relay failed (down, AUTH, TLS), not this message: does not spend the budget.
+    relay_fault: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,10 +134,13 @@ class Notification:
 
 
 def new_id() -> str:
-    """A UUID whose first 48 bits are the millisecond clock, so ids sort by creation."""
-    millis = time.time_ns() // 1_000_000
-    raw = millis.to_bytes(6, "big") + os.urandom(10)
-    value = bytearray(raw)
-    value[6] = (value[6] & 0x0F) | 0x70  # version 7
-    value[8] = (value[8] & 0x3F) | 0x80  # RFC 4122 variant
-    return str(uuid.UUID(bytes=bytes(value)))
+    """A UUIDv7 (RFC 9562) carrying the clock to ~250 ns, so ids sort by creation time.
+
+    48 bits of milliseconds, then 12 bits of sub-millisecond fraction (method 3),
+    then 62 random bits.
+    """
+    millis, nanos = divmod(time.time_ns(), 1_000_000)
+    fraction = nanos * 4096 // 1_000_000
+    random_bits = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+    value = (millis << 80) | (0x7 << 76) | (fraction << 64) | (0b10 << 62) | random_bits
+    return str(uuid.UUID(int=value))

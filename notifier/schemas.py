@@ -19,7 +19,9 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     model_validator,
 )
 
@@ -39,9 +41,11 @@ from notifier.domain import (
 _HEADER_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 #: In bodies, tab and line breaks are text; other C0 controls and surrogates are not.
 _BODY_UNSAFE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
-_CUSTOM_HEADER_NAME = re.compile(r"[Xx]-[!-9;-~]+")
+#: ``X-`` and printable ASCII without colon; short enough to never need folding.
+_CUSTOM_HEADER_NAME = re.compile(r"[Xx]-[!-9;-~]{1,62}")
 
 MAX_HEADER_VALUE = 998
+MAX_LOCAL_PART_OCTETS = 64  # RFC 5321 section 4.5.3.1.1
 MAX_CUSTOM_HEADERS = 50
 
 
@@ -65,6 +69,8 @@ def normalize_address(value: str) -> str:
         checked = validate_email(value, check_deliverability=False, allow_smtputf8=False)
     except EmailNotValidError as exc:
         raise ValueError(f"invalid email address: {exc}") from None
+    if len(checked.local_part.encode()) > MAX_LOCAL_PART_OCTETS:
+        raise ValueError(f"the part before the @-sign is over {MAX_LOCAL_PART_OCTETS} octets")
     return checked.ascii_email or checked.normalized
 
 
@@ -82,8 +88,17 @@ class NamedAddress(BaseModel):
     name: HeaderText | None = Field(default=None, max_length=256)
 
 
+#: Tags of the address union; they appear in pydantic error locations.
+ADDRESS_FORMS = frozenset({"bare", "named"})
+
+
+def _address_form(value: object) -> str:
+    return "named" if isinstance(value, dict | NamedAddress) else "bare"
+
+
 AddressIn = Annotated[
-    EmailAddress | NamedAddress,
+    Annotated[EmailAddress, Tag("bare")] | Annotated[NamedAddress, Tag("named")],
+    Discriminator(_address_form),
     Field(description="A bare address (`a@example.com`) or `{address, name}`."),
 ]
 
@@ -133,9 +148,11 @@ class NotificationRequest(BaseModel):
             if len(value) > MAX_HEADER_VALUE:
                 raise ValueError(f"header {name!r} is longer than {MAX_HEADER_VALUE} characters")
         try:
-            json.dumps(self.metadata, ensure_ascii=False).encode()
+            json.dumps(self.metadata, ensure_ascii=False, allow_nan=False).encode()
         except UnicodeEncodeError:
             raise ValueError("metadata holds a string that is not valid Unicode") from None
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"metadata must be plain JSON: {exc}") from None
         return self
 
     def recipients(self) -> list[Recipient]:
@@ -203,6 +220,7 @@ class AttemptOut(BaseModel):
     outcome: str
     smtp_code: int | None
     message: str | None
+    relay_fault: bool
 
 
 class NotificationOut(BaseModel):
@@ -285,4 +303,5 @@ def _attempt_body(a: Attempt) -> dict[str, Any]:
         "outcome": a.outcome,
         "smtp_code": a.smtp_code,
         "message": a.message,
+        "relay_fault": a.relay_fault,
     }

@@ -9,7 +9,7 @@ import socket
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from notifier.errors import ConfigError
@@ -33,7 +33,6 @@ class Settings(BaseSettings):
     # Serving
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
-    dev: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     # SMTP relay
@@ -74,8 +73,16 @@ class Settings(BaseSettings):
     auth_disabled: bool = False
 
     # Development capture server (used with --dev and `notifier dev-smtp`)
-    dev_smtp_port: int = Field(default=1025, ge=0, le=65535)
+    dev_smtp_port: int = Field(default=1025, ge=1, le=65535)
     dev_mail_dir: Path = Path("./data/mail")
+
+    # Development mode is never read from the environment: only `serve --dev` turns it
+    # on, so a stray variable cannot quietly open the API or redirect delivery.
+    _dev: bool = PrivateAttr(default=False)
+
+    @property
+    def dev(self) -> bool:
+        return self._dev
 
     @field_validator("allowed_senders", mode="before")
     @classmethod
@@ -89,7 +96,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _plaintext_auth_is_refused(self) -> Settings:
-        if self.smtp_username and self.smtp_tls == "none" and not self.dev:
+        if self.smtp_username and self.smtp_tls == "none":
             raise ValueError(
                 "NOTIFIER_SMTP_USERNAME is set but NOTIFIER_SMTP_TLS=none: "
                 "credentials are never sent over an unencrypted connection; "
@@ -121,9 +128,8 @@ class Settings(BaseSettings):
 
     def for_development(self) -> Settings:
         """These settings with delivery pointed at the embedded capture server."""
-        return self.model_copy(
+        development = self.model_copy(
             update={
-                "dev": True,
                 "smtp_host": DEV_SMTP_HOST,
                 "smtp_port": self.dev_smtp_port,
                 "smtp_tls": "none",
@@ -131,6 +137,8 @@ class Settings(BaseSettings):
                 "smtp_password": None,
             }
         )
+        development._dev = True
+        return development
 
     def check_startable(self) -> None:
         """Fail fast, naming the variable, on what cannot run in production."""

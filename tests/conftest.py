@@ -74,7 +74,7 @@ async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
         yield http
 
 
-class running_app:  # noqa: N801 - used like a function: `async with running_app(s) as client`
+class running_app:
     """The app with its lifespan running, and an httpx client talking to it in-process."""
 
     def __init__(self, settings: Settings, headers: dict[str, str] | None = None) -> None:

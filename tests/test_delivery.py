@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import httpx
 
-from tests.conftest import post, wait_for
+from tests.conftest import MakeSettings, post, running_app, wait_for
 from tests.smtp_server import DROP, ScriptedHandler
 
 
@@ -190,3 +193,28 @@ async def test_connections_are_reused_across_messages(
     assert len(smtp_handler.received) == 12
     # At most one connection per concurrent sender (send_concurrency=4), not one per message.
     assert smtp_handler.sessions <= 4
+
+
+async def test_send_longer_than_the_lease_is_not_sent_twice(
+    make_settings: MakeSettings, smtp_handler: ScriptedHandler
+) -> None:
+    smtp_handler.stall()
+    async with running_app(make_settings(lease_seconds=0.2)) as client:
+        notification_id = await post(client)
+        give_up = time.monotonic() + 10
+        while smtp_handler.data_commands < 1:
+            assert time.monotonic() < give_up, "the send never reached DATA"
+            await asyncio.sleep(0.01)
+        # Stall for several lease periods: only renewal keeps the lease alive.
+        renewals_due = time.monotonic() + 1.0
+        while time.monotonic() < renewals_due:
+            doc = (await client.get(f"/v1/notifications/{notification_id}")).json()
+            assert doc["status"] == "sending"
+            await asyncio.sleep(0.05)
+        smtp_handler.release()
+        doc = await wait_for(client, notification_id)
+
+    assert doc["status"] == "sent"
+    assert [a["outcome"] for a in doc["attempts"]] == ["sent"]
+    assert smtp_handler.data_commands == 1
+    assert len(smtp_handler.received) == 1

@@ -11,6 +11,8 @@ from fastapi import Depends, Request
 from notifier.api.problem import ApiError
 from notifier.api.services import ServicesDep
 
+CHALLENGE = {"WWW-Authenticate": "Bearer"}
+
 
 def key_fingerprint(key: str) -> str:
     """Who a key is, without keeping the key: stored as a notification's owner."""
@@ -24,12 +26,12 @@ def authenticate(request: Request, services: ServicesDep) -> str | None:
         return None
     scheme, _, presented = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not presented:
-        raise ApiError(401, "unauthorized", "send `Authorization: Bearer <API key>`")
+        raise ApiError(401, "unauthorized", "send `Authorization: Bearer <API key>`", CHALLENGE)
     matched = False
     for key in settings.api_keys:
         matched |= hmac.compare_digest(presented.encode(), key.get_secret_value().encode())
     if not matched:
-        raise ApiError(401, "unauthorized", "unknown API key")
+        raise ApiError(401, "unauthorized", "unknown API key", CHALLENGE)
     return key_fingerprint(presented)
 
 

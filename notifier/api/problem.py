@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from notifier.errors import StoreError
+from notifier.schemas import ADDRESS_FORMS
 
 STORE_RETRY_AFTER = "5"
 
@@ -83,7 +84,7 @@ async def _store_error(request: Request, exc: Exception) -> JSONResponse:
 def _location(loc: Any) -> str:
     """``body.to.0`` from pydantic's location, without its internal union tags."""
     parts = [str(p) for p in loc if isinstance(p, int) or "[" not in str(p)]
-    return ".".join(p for p in parts if p not in ("function-after",))
+    return ".".join(p for p in parts if p not in ADDRESS_FORMS)
 
 
 def _message(error: Any) -> str:

@@ -50,23 +50,30 @@ class Dispatcher:
         self._clock = clock
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._wake = asyncio.Event()
-        self._in_flight: set[asyncio.Task[None]] = set()
-        self._task: asyncio.Task[None] | None = None
+        #: Send tasks and the notification each one holds the lease on.
+        self._in_flight: dict[asyncio.Task[None], str] = {}
+        self._tasks: list[asyncio.Task[None]] = []
 
     def wake(self) -> None:
         """Look for due work now rather than at the next poll."""
         self._wake.set()
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="notifier-dispatcher")
+        self._tasks = [
+            asyncio.create_task(self._run(), name="notifier-dispatcher"),
+            asyncio.create_task(self._renew_leases(), name="notifier-lease-renewal"),
+        ]
 
     async def stop(self) -> None:
-        """Stop claiming and abandon sends in flight; their leases lapse and recovery resends."""
-        tasks = [t for t in (self._task, *self._in_flight) if t is not None]
-        for task in tasks:
+        """Stop claiming, then abandon sends in flight; recovery resends them at the next start."""
+        for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._task = None
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        in_flight = list(self._in_flight)
+        for task in in_flight:
+            task.cancel()
+        await asyncio.gather(*in_flight, return_exceptions=True)
 
     async def _run(self) -> None:
         while True:
@@ -78,8 +85,10 @@ class Dispatcher:
             if free > 0 and len(claimed) == free:
                 continue
             timeout = self._poll_interval if free > len(claimed) else None
+            # Not asyncio.wait_for: on 3.11 it can swallow a cancellation that races the wake.
             with suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
 
     async def _claim(self, limit: int) -> list[Notification]:
         now = self._clock()
@@ -91,13 +100,26 @@ class Dispatcher:
             log.error("claiming due notifications failed: %s", exc)
             return []
 
+    async def _renew_leases(self) -> None:
+        """Keep leases ahead of long SMTP transactions, so no one reclaims a live send."""
+        while True:
+            await asyncio.sleep(self._lease_seconds / 3)
+            if not self._in_flight:
+                continue
+            until = self._clock() + self._lease_seconds
+            try:
+                ids = list(self._in_flight.values())
+                await self._store.extend_leases(owner=self.owner, ids=ids, until=until)
+            except StoreError as exc:
+                log.error("renewing leases failed: %s", exc)
+
     def _spawn(self, notification: Notification) -> None:
         task = asyncio.create_task(self._deliver(notification), name=f"send-{notification.id}")
-        self._in_flight.add(task)
+        self._in_flight[task] = notification.id
         task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Task[None]) -> None:
-        self._in_flight.discard(task)
+        self._in_flight.pop(task, None)
         self._wake.set()
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("delivery task %s crashed", task.get_name(), exc_info=exc)

@@ -55,7 +55,8 @@ def settle(
     else:
         raise ValueError("settle needs a report or an error")
     relay_fault = error is not None and error.relay
-    _conclude(n, now=now, policy=policy, reason=text, relay_fault=relay_fault)
+    spent = sum(not a.relay_fault for a in n.attempts) + (not relay_fault)
+    _conclude(n, now=now, policy=policy, reason=text, spent=spent, relay_fault=relay_fault)
     n.attempts.append(
         Attempt(
             number=n.attempt_count,
@@ -64,6 +65,7 @@ def settle(
             outcome=n.status.value,
             smtp_code=code,
             message=text,
+            relay_fault=relay_fault,
         )
     )
     n.updated_at = now
@@ -128,8 +130,15 @@ def _apply_error_to(r: Recipient, error: DeliveryError) -> None:
 
 
 def _conclude(
-    n: Notification, *, now: float, policy: RetryPolicy, reason: str, relay_fault: bool
+    n: Notification,
+    *,
+    now: float,
+    policy: RetryPolicy,
+    reason: str,
+    spent: int,
+    relay_fault: bool,
 ) -> None:
+    """Final status once no recipient is open; else the attempt budget and lifetime decide."""
     if not open_recipients(n):
         n.status = _final_status(n, NotificationStatus.FAILED)
         n.next_attempt_at = None
@@ -141,8 +150,8 @@ def _conclude(
         _close_open(n, f"message lifetime spent; last error: {reason}")
         n.status = _final_status(n, NotificationStatus.EXPIRED)
         n.next_attempt_at = None
-    elif n.attempt_count >= policy.max_attempts and not relay_fault:
-        _close_open(n, f"{n.attempt_count} attempts spent; last error: {reason}")
+    elif spent >= policy.max_attempts and not relay_fault:
+        _close_open(n, f"{spent} attempts spent; last error: {reason}")
         n.status = _final_status(n, NotificationStatus.FAILED)
         n.next_attempt_at = None
     else:
@@ -167,5 +176,6 @@ def _final_status(n: Notification, nobody_reached: NotificationStatus) -> Notifi
 def _first_failure(n: Notification) -> str | None:
     for r in n.recipients:
         if r.status is RecipientStatus.FAILED:
-            return f"{r.address}: {r.smtp_code or ''} {r.smtp_message or ''}".strip()
+            code = f"{r.smtp_code} " if r.smtp_code is not None else ""
+            return f"{r.address}: {code}{r.smtp_message or 'refused'}"
     return None

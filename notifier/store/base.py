@@ -44,6 +44,9 @@ class Store(Protocol):
         whether it was.
         """
 
+    async def extend_leases(self, *, owner: str, ids: Sequence[str], until: float) -> None:
+        """Push back the lease on notifications ``owner`` is still sending."""
+
     async def release_leases(self, *, now: float) -> int:
         """Make every ``sending`` notification due now; used when no sender can be alive."""
 

@@ -189,7 +189,10 @@ class SQLiteStore:
             "interrupted": _INTERRUPTED,
         }
         rows = await self._write(lambda c: c.execute(CLAIM, params).fetchall())
-        return [_from_row(r) for r in rows]
+        claimed = [_from_row(r) for r in rows]
+        # RETURNING yields rows in no particular order; hand them out oldest due first.
+        claimed.sort(key=lambda n: n.next_attempt_at or n.created_at)
+        return claimed
 
     async def finish_attempt(self, notification: Notification, *, lease_owner: str) -> bool:
         n = notification
@@ -209,6 +212,13 @@ class SQLiteStore:
         }
         changed = await self._write(lambda c: c.execute(FINISH, params).rowcount)
         return changed == 1
+
+    async def extend_leases(self, *, owner: str, ids: Sequence[str], until: float) -> None:
+        sql = (
+            "UPDATE notifications SET visible_at = ? WHERE lease_owner = ? "
+            "AND status = 'sending' AND id IN (SELECT value FROM json_each(?))"
+        )
+        await self._write(lambda c: c.execute(sql, (until, owner, json.dumps(list(ids)))))
 
     async def release_leases(self, *, now: float) -> int:
         sql = "UPDATE notifications SET visible_at = ? WHERE status = 'sending'"

@@ -1,0 +1,76 @@
+"""The acknowledgment file: written after acceptance and at the end, retried when it fails."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from notifier.store import SQLiteStore
+from tests.conftest import MakeSettings, post, running_app, wait_for
+from tests.test_store import make_notification
+
+
+def read_lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+async def test_accepted_and_terminal_lines_are_written_without_the_body(
+    make_settings: MakeSettings, tmp_path: Path
+) -> None:
+    settings = make_settings()
+    async with running_app(settings) as client:
+        notification_id = await post(client, text="secret body text", subject="secret subject")
+        doc = await wait_for(client, notification_id, lambda d: d["acknowledged"])
+        await wait_for(client, notification_id)
+
+    lines = read_lines(settings.ack_file)
+    assert [(line["id"], line["event"]) for line in lines] == [
+        (notification_id, "accepted"),
+        (notification_id, "sent"),
+    ]
+    assert lines[0]["recipients"] == [
+        {"address": "ada@example.com", "kind": "to", "status": "pending"}
+    ]
+    assert lines[1]["recipients"][0]["status"] == "sent"
+    assert lines[1]["message_id"] == doc["message_id"]
+    assert "secret" not in settings.ack_file.read_text()
+
+
+async def test_unwritable_ack_file_delays_acknowledgment_but_not_delivery(
+    make_settings: MakeSettings, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "acks"
+    blocker.write_text("a file where the directory should be")
+    settings = make_settings(ack_file=blocker / "acks.jsonl")
+    async with running_app(settings) as client:
+        notification_id = await post(client)
+        doc = await wait_for(client, notification_id)
+        assert doc["status"] == "sent"
+        assert doc["acknowledged"] is False
+
+        blocker.unlink()
+        await wait_for(client, notification_id, lambda d: d["acknowledged"])
+
+    events = [line["event"] for line in read_lines(settings.ack_file)]
+    assert events == ["accepted", "sent"]
+
+
+async def test_lines_missing_after_a_crash_are_written_at_start(
+    make_settings: MakeSettings,
+) -> None:
+    settings = make_settings()
+    store = SQLiteStore(settings.sqlite_path)
+    await store.open()
+    orphan = make_notification(created_at=1.0, expires_at=1.0)
+    await store.add(orphan)
+    await store.close()
+
+    async with running_app(settings) as client:
+        doc = await wait_for(client, orphan.id, lambda d: d["acknowledged"])
+        await wait_for(client, orphan.id)
+
+    assert doc["acknowledged"] is True
+    events = [(line["id"], line["event"]) for line in read_lines(settings.ack_file)]
+    assert (orphan.id, "accepted") in events
+    assert (orphan.id, "expired") in events

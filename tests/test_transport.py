@@ -1,0 +1,262 @@
+"""The SMTP transport: failures translated by reply code, and sessions against a real server."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtplib import (
+    SMTPAuthenticationError,
+    SMTPConnectError,
+    SMTPConnectResponseError,
+    SMTPConnectTimeoutError,
+    SMTPDataError,
+    SMTPException,
+    SMTPHeloError,
+    SMTPReadTimeoutError,
+    SMTPResponseException,
+    SMTPSenderRefused,
+    SMTPServerDisconnected,
+)
+
+from notifier.dispatch.transport import RelayConfig, SMTPTransport, translate
+from notifier.domain import Address, Content
+from notifier.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
+from notifier.message import render
+from tests.smtp_server import DROP, ScriptedHandler, SMTPServer, free_port
+
+SENDER = "notifier@example.com"
+ADA = "ada@example.com"
+BOB = "bob@example.com"
+
+T = TransientDeliveryError
+P = PermanentDeliveryError
+
+#: What each failure must become: (class, code, relay fault).
+TRANSLATIONS: dict[str, tuple[BaseException, tuple[type[DeliveryError], int | None, bool]]] = {
+    "connect": (SMTPConnectError("Error connecting to 127.0.0.1"), (T, None, True)),
+    "connect-timeout": (SMTPConnectTimeoutError("Timed out connecting"), (T, None, True)),
+    "greeting-421": (SMTPConnectResponseError(421, "4.3.2 Not now"), (T, 421, True)),
+    "greeting-554": (SMTPConnectResponseError(554, "5.3.2 No service"), (T, 554, True)),
+    "ehlo-501": (SMTPHeloError(501, "5.5.4 Invalid domain name"), (T, 501, True)),
+    "auth-535": (SMTPAuthenticationError(535, "5.7.8 Bad credentials"), (T, 535, True)),
+    "auth-454": (SMTPAuthenticationError(454, "4.7.0 Temporary failure"), (T, 454, True)),
+    "mail-451": (SMTPSenderRefused(451, "4.3.0 Later", SENDER), (T, 451, False)),
+    "mail-550": (SMTPSenderRefused(550, "5.7.1 Not allowed", SENDER), (P, 550, False)),
+    "data-451": (SMTPDataError(451, "4.3.0 Try again later"), (T, 451, False)),
+    "data-554": (SMTPDataError(554, "5.6.0 Message rejected"), (P, 554, False)),
+    "malformed-reply": (SMTPResponseException(-1, "Malformed line"), (T, -1, False)),
+    "disconnected": (SMTPServerDisconnected("Connection lost"), (T, None, False)),
+    "read-timeout": (SMTPReadTimeoutError("Timed out waiting"), (T, None, False)),
+    "starttls-missing": (
+        SMTPException("SMTP STARTTLS extension not supported by server."),
+        (T, None, True),
+    ),
+    "certificate": (
+        ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] self-signed"),
+        (T, None, True),
+    ),
+    "value-error": (ValueError("Newline in address"), (P, None, False)),
+    "unicode-encode": (
+        UnicodeEncodeError("ascii", "\udc80", 0, 1, "surrogates not allowed"),
+        (P, None, False),
+    ),
+    "connection-refused": (ConnectionRefusedError(111, "Connection refused"), (T, None, True)),
+}
+
+
+@pytest.mark.parametrize(("exc", "expected"), list(TRANSLATIONS.values()), ids=list(TRANSLATIONS))
+def test_failure_is_translated_by_reply_code(
+    exc: BaseException, expected: tuple[type[DeliveryError], int | None, bool]
+) -> None:
+    error = translate(exc)
+
+    assert (type(error), error.code, error.relay) == expected
+
+
+@pytest.mark.parametrize(
+    ("exc", "text"),
+    [
+        (SMTPSenderRefused(550, "5.7.1 Sender not allowed", SENDER), "MAIL FROM: 550"),
+        (SMTPDataError(451, "4.3.0 Try again later"), "DATA: 451"),
+        (SMTPAuthenticationError(535, "5.7.8 Bad credentials"), "AUTH: 535"),
+        (SMTPServerDisconnected("Connection lost"), "connection lost"),
+    ],
+)
+def test_translated_error_names_the_stage_and_the_reply(exc: BaseException, text: str) -> None:
+    assert text in str(translate(exc))
+
+
+def relay_config(port: int, max_messages_per_connection: int = 100) -> RelayConfig:
+    return RelayConfig(
+        host="127.0.0.1",
+        port=port,
+        tls="none",
+        username=None,
+        password=None,
+        timeout=5.0,
+        data_timeout=5.0,
+        validate_certs=True,
+        local_hostname="notifier.test",
+        max_messages_per_connection=max_messages_per_connection,
+    )
+
+
+def message(number: int, *to: str) -> bytes:
+    content = Content(
+        sender=Address(SENDER),
+        to=tuple(Address(a) for a in to or (ADA,)),
+        subject=f"Message {number}",
+        text=f"This is message {number}.",
+    )
+    return render(content, message_id=f"<m{number}@example.com>", created_at=1_700_000_000.0)
+
+
+class RestartedSMTPServer(SMTPServer):
+    """A fresh server on the port of one that stopped: a relay that restarted."""
+
+    def __init__(self, port: int) -> None:
+        self.handler = ScriptedHandler()
+        self.host = "127.0.0.1"
+        self.port = port
+        self._controller = Controller(self.handler, hostname=self.host, port=port)
+
+
+@pytest.fixture
+async def transport(smtp: SMTPServer) -> AsyncIterator[SMTPTransport]:
+    transport = SMTPTransport(relay_config(smtp.port))
+    try:
+        yield transport
+    finally:
+        await transport.close()
+
+
+async def test_messages_over_one_transport_reuse_a_single_session(
+    transport: SMTPTransport, smtp_handler: ScriptedHandler
+) -> None:
+    for number in range(3):
+        report = await transport.send(SENDER, [ADA], message(number))
+        assert report.data is not None
+        assert report.data.code == 250
+
+    assert smtp_handler.sessions == 1
+    assert [r.message_id for r in smtp_handler.received] == [
+        "<m0@example.com>",
+        "<m1@example.com>",
+        "<m2@example.com>",
+    ]
+
+
+async def test_session_is_replaced_after_max_messages_per_connection(smtp: SMTPServer) -> None:
+    transport = SMTPTransport(relay_config(smtp.port, max_messages_per_connection=2))
+    try:
+        for number in range(5):
+            await transport.send(SENDER, [ADA], message(number))
+    finally:
+        await transport.close()
+
+    assert len(smtp.handler.received) == 5
+    assert smtp.handler.sessions == 3
+
+
+async def test_connection_dropped_at_mail_is_reopened_transparently(
+    transport: SMTPTransport, smtp_handler: ScriptedHandler
+) -> None:
+    await transport.send(SENDER, [ADA], message(1))
+    smtp_handler.mail_replies.append(DROP)
+
+    report = await transport.send(SENDER, [ADA], message(2))
+
+    assert report.data is not None
+    assert report.data.code == 250
+    assert smtp_handler.sessions == 2
+    assert [r.message_id for r in smtp_handler.received] == [
+        "<m1@example.com>",
+        "<m2@example.com>",
+    ]
+
+
+async def test_idle_connection_closed_by_a_restarted_relay_is_reopened_transparently() -> None:
+    first = SMTPServer()
+    first.start()
+    transport = SMTPTransport(relay_config(first.port))
+    try:
+        try:
+            await transport.send(SENDER, [ADA], message(1))
+        finally:
+            first.stop()
+        second = RestartedSMTPServer(first.port)
+        second.start()
+        try:
+            report = await transport.send(SENDER, [ADA], message(2))
+        finally:
+            second.stop()
+    finally:
+        await transport.close()
+
+    assert report.data is not None
+    assert report.data.code == 250
+    assert [r.message_id for r in second.handler.received] == ["<m2@example.com>"]
+    assert second.handler.sessions == 1
+
+
+async def test_partial_rcpt_refusal_is_reported_not_raised(
+    transport: SMTPTransport, smtp_handler: ScriptedHandler
+) -> None:
+    smtp_handler.rcpt_replies[BOB].append("550 5.1.1 No such user")
+
+    report = await transport.send(SENDER, [ADA, BOB], message(1, ADA, BOB))
+
+    assert {a: r.code for a, r in report.recipients.items()} == {ADA: 250, BOB: 550}
+    assert report.recipients[BOB].message == "5.1.1 No such user"
+    assert report.data is not None
+    assert report.data.code == 250
+    assert report.data_error is None
+    (received,) = smtp_handler.received
+    assert received.rcpt_tos == [ADA]
+
+
+async def test_every_rcpt_refused_is_reported_and_no_data_is_sent(
+    transport: SMTPTransport, smtp_handler: ScriptedHandler
+) -> None:
+    smtp_handler.rcpt_replies[ADA].append("550 5.1.1 No such user")
+    smtp_handler.rcpt_replies[BOB].append("452 4.5.3 Too many recipients")
+
+    report = await transport.send(SENDER, [ADA, BOB], message(1, ADA, BOB))
+
+    assert {a: r.code for a, r in report.recipients.items()} == {ADA: 550, BOB: 452}
+    assert report.data is None
+    assert report.data_error is None
+    assert smtp_handler.data_commands == 0
+
+
+async def test_refused_data_is_reported_and_the_session_stays_usable(
+    transport: SMTPTransport, smtp_handler: ScriptedHandler
+) -> None:
+    smtp_handler.data_replies.append("451 4.3.0 Try again later")
+
+    refused = await transport.send(SENDER, [ADA], message(1))
+    accepted = await transport.send(SENDER, [ADA], message(2))
+
+    assert isinstance(refused.data_error, TransientDeliveryError)
+    assert refused.data_error.code == 451
+    assert refused.data is None
+    assert accepted.data is not None
+    assert accepted.data.code == 250
+    assert smtp_handler.sessions == 1
+    assert [r.message_id for r in smtp_handler.received] == ["<m2@example.com>"]
+
+
+async def test_unreachable_relay_is_a_transient_relay_fault() -> None:
+    transport = SMTPTransport(relay_config(free_port()))
+    try:
+        with pytest.raises(TransientDeliveryError) as caught:
+            await transport.send(SENDER, [ADA], message(1))
+    finally:
+        await transport.close()
+
+    assert caught.value.relay is True
+    assert caught.value.code is None
+    assert isinstance(caught.value.__cause__, SMTPConnectError)
