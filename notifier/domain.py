@@ -96,6 +96,9 @@ class Attempt:
     message: str | None = None
     #: The relay failed (down, AUTH, TLS), not this message: does not spend the budget.
     relay_fault: bool = False
+    #: The relay may have the message although no reply said so (a crash, or a
+    #: connection lost during DATA); the next copy carries the same Message-ID.
+    possible_duplicate: bool = False
 
 
 @dataclass(frozen=True, slots=True)

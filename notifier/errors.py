@@ -22,11 +22,20 @@ class StoreLockedError(StoreError):
 class DeliveryError(NotifierError):
     """An SMTP transaction failed; ``code`` is the reply code when there was one."""
 
-    def __init__(self, message: str, *, code: int | None = None, relay: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: int | None = None,
+        relay: bool = False,
+        unknown_outcome: bool = False,
+    ) -> None:
         super().__init__(message)
         self.code = code
         #: The fault is the relay's (down, auth, TLS), not this message's.
         self.relay = relay
+        #: The message may have reached the relay (connection lost during DATA).
+        self.unknown_outcome = unknown_outcome
 
 
 class TransientDeliveryError(DeliveryError):

@@ -221,6 +221,7 @@ class AttemptOut(BaseModel):
     smtp_code: int | None
     message: str | None
     relay_fault: bool
+    possible_duplicate: bool
 
 
 class NotificationOut(BaseModel):
@@ -304,4 +305,5 @@ def _attempt_body(a: Attempt) -> dict[str, Any]:
         "smtp_code": a.smtp_code,
         "message": a.message,
         "relay_fault": a.relay_fault,
+        "possible_duplicate": a.possible_duplicate,
     }

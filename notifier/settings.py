@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     smtp_timeout: float = Field(default=30.0, gt=0)
     smtp_data_timeout: float = Field(default=600.0, gt=0)
     smtp_validate_certs: bool = True
+    smtp_ca_file: Path | None = None
     smtp_local_hostname: str = Field(default_factory=socket.gethostname)
     smtp_max_messages_per_connection: int = Field(default=100, ge=1)
 

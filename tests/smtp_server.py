@@ -22,6 +22,8 @@ from typing import Any
 from aiosmtpd.controller import Controller
 
 DROP = "DROP"
+#: At DATA: keep the message, then drop the connection before answering.
+DROP_AFTER_ACCEPT = "DROP_AFTER_ACCEPT"
 OK = "250 2.0.0 OK"
 MAX_STALL_SECONDS = 30.0
 
@@ -111,12 +113,14 @@ class ScriptedHandler:
         reply = self._next(self.data_replies)
         if reply == DROP:
             return _drop(server)
-        if reply.startswith("250"):
+        if reply.startswith("250") or reply == DROP_AFTER_ACCEPT:
             content = envelope.original_content or envelope.content
             with self._lock:
                 self.received.append(
                     Received(envelope.mail_from, list(envelope.rcpt_tos), bytes(content))
                 )
+        if reply == DROP_AFTER_ACCEPT:
+            return _drop(server)
         return reply
 
     def _next(self, replies: deque[str]) -> str:

@@ -8,7 +8,7 @@ import time
 import httpx
 
 from tests.conftest import MakeSettings, post, running_app, wait_for
-from tests.smtp_server import DROP, ScriptedHandler
+from tests.smtp_server import DROP, DROP_AFTER_ACCEPT, ScriptedHandler
 
 
 async def test_notification_is_delivered_and_recorded(
@@ -163,6 +163,7 @@ async def test_dropped_connection_is_retried_on_a_new_connection(
 
     assert doc["status"] == "sent"
     assert doc["attempts"][0]["outcome"] == "deferred"
+    assert doc["attempts"][0]["possible_duplicate"] is False
     assert "connection lost" in doc["attempts"][0]["message"]
     assert len(smtp_handler.received) == 1
     assert smtp_handler.sessions == 2
@@ -218,3 +219,36 @@ async def test_send_longer_than_the_lease_is_not_sent_twice(
     assert [a["outcome"] for a in doc["attempts"]] == ["sent"]
     assert smtp_handler.data_commands == 1
     assert len(smtp_handler.received) == 1
+
+
+async def test_connection_lost_during_data_is_an_unknown_outcome_resent_with_the_same_id(
+    client: httpx.AsyncClient, smtp_handler: ScriptedHandler
+) -> None:
+    smtp_handler.data_replies.append(DROP_AFTER_ACCEPT)
+
+    doc = await wait_for(client, await post(client))
+
+    assert doc["status"] == "sent"
+    first, second = doc["attempts"]
+    assert first["outcome"] == "deferred"
+    assert first["possible_duplicate"] is True
+    assert "outcome unknown" in first["message"]
+    assert second["possible_duplicate"] is False
+    # The relay kept the first copy: the duplicate shares the Message-ID.
+    assert [r.message_id for r in smtp_handler.received] == [doc["message_id"]] * 2
+
+
+async def test_final_reply_slower_than_the_data_timeout_is_an_unknown_outcome(
+    make_settings: MakeSettings, smtp_handler: ScriptedHandler
+) -> None:
+    smtp_handler.stall()
+    async with running_app(make_settings(smtp_data_timeout=0.2)) as client:
+        notification_id = await post(client)
+        await wait_for(client, notification_id, lambda d: len(d["attempts"]) >= 1)
+        smtp_handler.release()
+        doc = await wait_for(client, notification_id)
+
+    assert doc["status"] == "sent"
+    assert doc["attempts"][0]["possible_duplicate"] is True
+    assert "timed out" in doc["attempts"][0]["message"].lower()
+    assert {r.message_id for r in smtp_handler.received} == {doc["message_id"]}

@@ -99,6 +99,7 @@ def relay_config(port: int, max_messages_per_connection: int = 100) -> RelayConf
         timeout=5.0,
         data_timeout=5.0,
         validate_certs=True,
+        ca_file=None,
         local_hostname="notifier.test",
         max_messages_per_connection=max_messages_per_connection,
     )

@@ -55,6 +55,9 @@ def settle(
     else:
         raise ValueError("settle needs a report or an error")
     relay_fault = error is not None and error.relay
+    unknown = (
+        report is not None and report.data_error is not None and report.data_error.unknown_outcome
+    )
     spent = sum(not a.relay_fault for a in n.attempts) + (not relay_fault)
     _conclude(n, now=now, policy=policy, reason=text, spent=spent, relay_fault=relay_fault)
     n.attempts.append(
@@ -66,6 +69,7 @@ def settle(
             smtp_code=code,
             message=text,
             relay_fault=relay_fault,
+            possible_duplicate=unknown,
         )
     )
     n.updated_at = now

@@ -27,6 +27,7 @@ class RelayConfig:
     timeout: float
     data_timeout: float
     validate_certs: bool
+    ca_file: str | None
     local_hostname: str
     max_messages_per_connection: int
 
@@ -44,6 +45,7 @@ class RelayConfig:
             timeout=settings.smtp_timeout,
             data_timeout=settings.smtp_data_timeout,
             validate_certs=settings.smtp_validate_certs,
+            ca_file=str(settings.smtp_ca_file) if settings.smtp_ca_file else None,
             local_hostname=settings.smtp_local_hostname,
             max_messages_per_connection=settings.smtp_max_messages_per_connection,
         )
@@ -109,6 +111,14 @@ class SMTPTransport:
         except aiosmtplib.SMTPDataError as exc:
             report.data_error = reply_error(exc.code, exc.message, stage="DATA")
             await client.rset()
+        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError) as exc:
+            # The body goes out right after 354: from here on the relay may have it.
+            client.close()
+            report.data_error = TransientDeliveryError(
+                f"DATA: outcome unknown, {exc}; retrying under the same Message-ID",
+                unknown_outcome=True,
+            )
+            return connection, report
         else:
             report.data = Reply(reply.code, reply.message)
         connection.messages += 1
@@ -145,6 +155,7 @@ class SMTPTransport:
             use_tls=c.tls == "tls",
             start_tls=c.tls == "starttls",
             validate_certs=c.validate_certs,
+            cert_bundle=c.ca_file,
             timeout=c.timeout,
             local_hostname=c.local_hostname,
         )

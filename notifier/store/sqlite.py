@@ -77,7 +77,8 @@ CLAIM = """
 UPDATE notifications SET
     attempts = CASE WHEN status = 'sending' THEN json_insert(attempts, '$[#]', json_object(
         'number', attempt_count, 'started_at', lease_started_at, 'finished_at', :now,
-        'outcome', 'interrupted', 'smtp_code', NULL, 'message', :interrupted))
+        'outcome', 'interrupted', 'smtp_code', NULL, 'message', :interrupted,
+        'relay_fault', json('false'), 'possible_duplicate', json('true')))
         ELSE attempts END,
     status = 'sending',
     lease_owner = :owner,
