@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 
 from notifier import __version__
 from notifier.api import health, notifications, problem
+from notifier.api.backpressure import Backpressure
+from notifier.api.idempotency import IdempotencyGuard
 from notifier.api.limits import BodySizeLimit
 from notifier.api.services import Services
 from notifier.devsmtp import CaptureServer
 from notifier.dispatch.ack import AckWriter
+from notifier.dispatch.breaker import RelayBreaker
 from notifier.dispatch.dispatcher import Dispatcher
 from notifier.dispatch.policy import RetryPolicy
 from notifier.dispatch.transport import RelayConfig, SMTPTransport
 from notifier.domain import Notification
 from notifier.errors import ConfigError
+from notifier.retention import Retention
 from notifier.schemas import normalize_address
 from notifier.settings import Settings
 from notifier.store import SQLiteStore
@@ -26,6 +31,9 @@ from notifier.store import SQLiteStore
 #: The acknowledgment write backs off like deliveries, but never waits longer than this.
 ACK_RETRY_INITIAL = 0.5
 ACK_RETRY_MAX = 30.0
+#: A failing relay is probed again after at most this long (and at first after this).
+RELAY_PROBE_INITIAL = 2.0
+RELAY_PROBE_MAX = 300.0
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -39,11 +47,13 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            app.state.services = await _start(settings, stack)
+            app.state.services, lifecycle = await _start(settings, stack)
+            app.state.begin_shutdown = lifecycle.begin_shutdown
             try:
                 yield
             finally:
-                del app.state.services
+                lifecycle.begin_shutdown()
+                del app.state.services, app.state.begin_shutdown
 
     app = FastAPI(
         title="notifier",
@@ -58,17 +68,44 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
-async def _start(settings: Settings, stack: AsyncExitStack) -> Services:
+def begin_shutdown(app: FastAPI) -> None:
+    """Stop taking work at once (POSTs get 503, nothing new is claimed).
+
+    Safe to call from a signal handler: the lifespan's shutdown then lets sends in
+    flight finish within ``NOTIFIER_SHUTDOWN_GRACE``.
+    """
+    hook: Callable[[], None] | None = getattr(app.state, "begin_shutdown", None)
+    if hook is not None:
+        hook()
+
+
+class _Lifecycle:
+    """Whether this instance still takes work; flipped once, from any thread."""
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self._dispatcher = dispatcher
+        self._loop = asyncio.get_running_loop()
+        self.accepting = True
+
+    def begin_shutdown(self) -> None:
+        self.accepting = False
+        self._loop.call_soon_threadsafe(self._dispatcher.stop_claiming)
+
+
+async def _start(settings: Settings, stack: AsyncExitStack) -> tuple[Services, _Lifecycle]:
     """Start every part in dependency order; the stack stops them in reverse."""
     if settings.dev:
         capture = CaptureServer(settings.dev_mail_dir, settings.dev_smtp_port)
         capture.start()
         stack.callback(capture.stop)
-    store = SQLiteStore(settings.sqlite_path)
+    store = SQLiteStore(settings.sqlite_path, busy_timeout=settings.store_busy_timeout)
     await store.open()
     stack.push_async_callback(store.close)
     # One process owns the database file, so nothing else can still be sending.
     await store.release_leases(now=time.time())
+    retention = Retention(store, clock=time.time)
+    await retention.start()
+    stack.push_async_callback(retention.stop)
     ack = AckWriter(
         settings.ack_file,
         store,
@@ -80,20 +117,43 @@ async def _start(settings: Settings, stack: AsyncExitStack) -> Services:
     stack.push_async_callback(ack.stop)
     transport = SMTPTransport(RelayConfig.from_settings(settings))
     stack.push_async_callback(transport.close)
+    breaker = RelayBreaker(
+        initial_delay=min(RELAY_PROBE_INITIAL, settings.retry_initial_delay),
+        max_delay=min(RELAY_PROBE_MAX, settings.retry_max_delay),
+        clock=time.time,
+    )
     dispatcher = Dispatcher(
         store,
         transport,
         ack,
         RetryPolicy.from_settings(settings),
+        breaker,
         concurrency=settings.send_concurrency,
         lease_seconds=settings.lease_seconds,
         poll_interval=settings.poll_interval,
     )
     await dispatcher.start()
-    stack.push_async_callback(dispatcher.stop)
+    stack.push_async_callback(dispatcher.stop, settings.shutdown_grace)
+    lifecycle = _Lifecycle(dispatcher)
 
     async def on_accepted(notification: Notification) -> None:
         ack.accepted(notification)
         dispatcher.wake()
 
-    return Services(settings=settings, store=store, on_accepted=on_accepted)
+    async def on_changed(notification: Notification) -> None:
+        if notification.status.terminal:
+            ack.finished(notification)
+        else:
+            dispatcher.wake()
+
+    services = Services(
+        settings=settings,
+        store=store,
+        on_accepted=on_accepted,
+        on_changed=on_changed,
+        accepting=lambda: lifecycle.accepting,
+        relay_problem=breaker.problem,
+        backpressure=Backpressure(store, settings.max_pending),
+        idempotency=IdempotencyGuard(),
+    )
+    return services, lifecycle

@@ -5,23 +5,24 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import signal
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
+import uvicorn
 from pydantic import ValidationError
 
 from notifier.errors import ConfigError, NotifierError
 from notifier.settings import Settings
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-#: Seconds uvicorn waits for open requests on shutdown before cancelling them.
-GRACEFUL_SHUTDOWN = 10
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -95,9 +96,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from notifier.app import create_app
+    from notifier.app import begin_shutdown, create_app
 
     settings = _settings(args)
     logging.basicConfig(
@@ -113,14 +112,27 @@ def _serve(args: argparse.Namespace) -> int:
             f"mail in {settings.dev_mail_dir}/, API on http://{settings.host}:{settings.port}",
             file=sys.stderr,
         )
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace),
     )
+    GracefulServer(config, on_exit=lambda: begin_shutdown(app)).run()
     return 0
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn, telling the app the moment SIGTERM or SIGINT arrives."""
+
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_exit = on_exit
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._on_exit()
+        super().handle_exit(sig, frame)
 
 
 def _dev_smtp(args: argparse.Namespace) -> int:

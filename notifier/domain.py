@@ -134,6 +134,43 @@ class Notification:
     acknowledged: bool = False
     lease_owner: str | None = None
     lease_started_at: float | None = None
+    #: Attempts numbered above this count toward the budget (raised by a manual retry).
+    budget_from: int = 0
+
+    @property
+    def cancellable(self) -> bool:
+        return self.status in (NotificationStatus.QUEUED, NotificationStatus.DEFERRED)
+
+    @property
+    def retryable(self) -> bool:
+        return self.status in (NotificationStatus.FAILED, NotificationStatus.EXPIRED)
+
+    def reopen(self, *, now: float, expires_at: float) -> None:
+        """Queue a failed or expired notification again, with a fresh budget and lifetime.
+
+        Recipients already sent stay sent; the others are tried again.
+        """
+        for r in self.recipients:
+            if r.status is not RecipientStatus.SENT:
+                r.status, r.smtp_code, r.smtp_message = RecipientStatus.PENDING, None, None
+        self.status = NotificationStatus.QUEUED
+        self.budget_from = self.attempt_count
+        self.expires_at = expires_at
+        self.next_attempt_at = None
+        self.last_error = None
+        self.updated_at = now
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyRecord:
+    """An ``Idempotency-Key`` as used once: replayed for the same request, refused otherwise."""
+
+    owner: str
+    key: str
+    request_hash: str
+    notification_id: str
+    response: str
+    expires_at: float
 
 
 def new_id() -> str:

@@ -64,10 +64,15 @@ class Settings(BaseSettings):
     message_lifetime: float = Field(default=3 * 24 * 3600.0, gt=0)
     lease_seconds: float = Field(default=900.0, gt=0)
     poll_interval: float = Field(default=1.0, gt=0)
+    shutdown_grace: float = Field(default=10.0, ge=0)
 
     # Limits
     max_request_bytes: int = Field(default=1024 * 1024, ge=1024)
     max_recipients: int = Field(default=100, ge=1)
+    max_pending: int = Field(default=100_000, ge=1)
+
+    # Storage behaviour
+    store_busy_timeout: float = Field(default=5.0, gt=0)
 
     # Authentication
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
@@ -156,6 +161,11 @@ class Settings(BaseSettings):
                 "`Authorization: Bearer <key>`), or NOTIFIER_AUTH_DISABLED=true "
                 "to run without authentication on purpose"
             )
+
+    @property
+    def idempotency_window(self) -> float:
+        """How long an Idempotency-Key is kept: the message lifetime plus a day."""
+        return self.message_lifetime + 24 * 3600.0
 
     @property
     def auth_required(self) -> bool:

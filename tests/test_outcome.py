@@ -135,7 +135,7 @@ def test_every_recipient_refused_for_good_fails() -> None:
     assert n.status is NotificationStatus.FAILED
     assert statuses(n) == {ADA: RecipientStatus.FAILED, BOB: RecipientStatus.FAILED}
     assert n.attempts[-1].smtp_code == 550
-    assert n.attempts[-1].message == "RCPT: 550 5.1.1 No such user"
+    assert n.attempts[-1].message == "RCPT ada@example.com: 550 5.1.1 No such user"
 
 
 def test_transient_rcpt_refusal_defers_with_a_delay_within_the_policy_bounds() -> None:
@@ -156,7 +156,7 @@ def test_transient_rcpt_refusal_of_every_recipient_defers_them_all() -> None:
 
     assert_deferred_within_policy(n)
     assert statuses(n) == {ADA: RecipientStatus.DEFERRED, BOB: RecipientStatus.DEFERRED}
-    assert n.last_error == "RCPT: 450 4.2.1 Mailbox busy"
+    assert n.last_error == "RCPT ada@example.com: 450 4.2.1 Mailbox busy"
 
 
 def test_recipient_already_sent_is_never_touched_by_a_later_report() -> None:

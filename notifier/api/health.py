@@ -21,11 +21,28 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness: the store answers")
+@router.get("/readyz", summary="Readiness: the store takes writes and the relay answers")
 async def readyz(services: ServicesDep) -> JSONResponse:
+    """``503`` with an explanation per check when something is wrong."""
+    checks = {"store": await _store_check(services), "relay": _relay_check(services)}
+    if not services.accepting():
+        checks["shutdown"] = "shutting down: not taking new notifications"
+    ready = all(value == "ok" for value in checks.values())
+    body = {"status": "ready" if ready else "unavailable", "checks": checks}
+    return JSONResponse(body, 200 if ready else 503)
+
+
+async def _store_check(services: ServicesDep) -> str:
     try:
         await asyncio.wait_for(services.store.ping(), READY_TIMEOUT)
-    except (StoreError, TimeoutError) as exc:
-        body = {"status": "unavailable", "checks": {"store": f"failing: {exc or 'timeout'}"}}
-        return JSONResponse(body, 503)
-    return JSONResponse({"status": "ready", "checks": {"store": "ok"}})
+    except TimeoutError:
+        return f"failing: no answer within {READY_TIMEOUT} s"
+    except StoreError as exc:
+        return f"failing: {exc}"
+    failure = services.store.write_failure()
+    return "ok" if failure is None else f"failing: cannot commit: {failure}"
+
+
+def _relay_check(services: ServicesDep) -> str:
+    problem = services.relay_problem()
+    return "ok" if problem is None else f"failing: {problem}"

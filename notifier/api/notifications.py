@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, BackgroundTasks, Query
+from fastapi import APIRouter, BackgroundTasks, Header, Query
 from fastapi.responses import JSONResponse
 
 from notifier.api.auth import CallerDep
+from notifier.api.idempotency import checked_key, request_hash
 from notifier.api.problem import ApiError
-from notifier.api.services import ServicesDep
-from notifier.domain import Address, Notification, NotificationStatus, new_id
+from notifier.api.services import Services, ServicesDep
+from notifier.domain import (
+    Address,
+    IdempotencyRecord,
+    Notification,
+    NotificationStatus,
+    new_id,
+)
 from notifier.message import message_id_for
 from notifier.schemas import (
     ErrorBody,
@@ -33,6 +41,19 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "Missing or unknown API key."},
     422: {"model": ErrorBody, "description": "The request is invalid; nothing was stored."},
 }
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody, "description": "No such notification."}
+}
+RETRY_AFTER_BUSY = "5"
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        description="Send the same key again to get the original answer instead of a "
+        "second notification (1 to 255 printable characters; kept for the message "
+        "lifetime plus 24 hours).",
+    ),
+]
 
 
 @router.post(
@@ -42,9 +63,15 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     summary="Accept a notification for delivery",
     responses={
         **_ERRORS,
+        400: {"model": ErrorBody, "description": "Malformed `Idempotency-Key`."},
         403: {"model": ErrorBody, "description": "`from` is not an allowed sender."},
+        409: {"model": ErrorBody, "description": "Same key, first request still in progress."},
         413: {"model": ErrorBody, "description": "The request body is too large."},
-        503: {"model": ErrorBody, "description": "The store cannot take writes; retry later."},
+        503: {
+            "model": ErrorBody,
+            "description": "Shutting down, too many undelivered notifications, or the store "
+            "cannot take writes; nothing was stored. Retry after `Retry-After` seconds.",
+        },
     },
 )
 async def create_notification(
@@ -52,8 +79,14 @@ async def create_notification(
     services: ServicesDep,
     caller: CallerDep,
     background: BackgroundTasks,
+    idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
-    """Validate, commit to the store, answer ``202``; delivery happens in the background."""
+    """Validate, commit to the store, answer ``202``; delivery happens in the background.
+
+    With an ``Idempotency-Key``, the same key and body answer the original ``202``
+    again (``Idempotent-Replayed: true``); the same key with another body is ``422``.
+    """
+    key = checked_key(idempotency_key)
     settings = services.settings
     count = len(body.to) + len(body.cc) + len(body.bcc)
     if count > settings.max_recipients:
@@ -63,6 +96,45 @@ async def create_notification(
             f"{count} recipients; at most {settings.max_recipients} per notification",
         )
     sender = _sender(body.sender, settings)
+    if key is None:
+        return await _admit(body, sender, services, caller, background, None)
+    owner = caller or ""
+    services.idempotency.claim(owner, key)
+    try:
+        digest = request_hash(body.model_dump_json(by_alias=True))
+        existing = await services.store.find_idempotency(owner, key)
+        if existing is not None:
+            return _replay(existing, digest)
+        return await _admit(body, sender, services, caller, background, (owner, key, digest))
+    finally:
+        services.idempotency.release(owner, key)
+
+
+async def _admit(
+    body: NotificationRequest,
+    sender: Address,
+    services: Services,
+    caller: str | None,
+    background: BackgroundTasks,
+    idempotency: tuple[str, str, str] | None,
+) -> JSONResponse:
+    """Store a new notification (with its key, in the same transaction) and answer 202."""
+    settings = services.settings
+    if not services.accepting():
+        raise ApiError(
+            503,
+            "shutting_down",
+            "this instance is shutting down; nothing was stored, retry shortly",
+            {"Retry-After": RETRY_AFTER_BUSY},
+        )
+    if not await services.backpressure.admits():
+        raise ApiError(
+            503,
+            "too_many_pending",
+            f"more than {services.backpressure.limit} notifications await delivery; "
+            "nothing was stored, retry later",
+            {"Retry-After": RETRY_AFTER_BUSY},
+        )
     now = time.time()
     notification_id = new_id()
     notification = Notification(
@@ -77,17 +149,46 @@ async def create_notification(
         metadata=body.metadata,
         owner=caller,
     )
-    await services.store.add(notification)
-    background.add_task(services.on_accepted, notification)
     location = f"{router.prefix}/{notification_id}"
-    return JSONResponse(accepted_body(notification, location), 202, headers={"Location": location})
+    answer = accepted_body(notification, location)
+    record = None
+    if idempotency is not None:
+        owner, key, digest = idempotency
+        record = IdempotencyRecord(
+            owner=owner,
+            key=key,
+            request_hash=digest,
+            notification_id=notification_id,
+            response=json.dumps(answer),
+            expires_at=now + settings.idempotency_window,
+        )
+    taken = await services.store.add(notification, record)
+    if taken is not None:
+        return _replay(taken, record.request_hash if record else "")
+    services.backpressure.accepted()
+    background.add_task(services.on_accepted, notification)
+    return JSONResponse(answer, 202, headers={"Location": location})
+
+
+def _replay(record: IdempotencyRecord, digest: str) -> JSONResponse:
+    """The original answer for a repeated key, or ``422`` if the body differs."""
+    if record.request_hash != digest:
+        raise ApiError(
+            422,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used with a different request body; "
+            "use a new key for a new notification",
+        )
+    answer = json.loads(record.response)
+    headers = {"Location": answer["links"]["self"], "Idempotent-Replayed": "true"}
+    return JSONResponse(answer, 202, headers=headers)
 
 
 @router.get(
     "/{notification_id}",
     response_model=NotificationOut,
     summary="Delivery status of one notification",
-    responses={**_ERRORS, 404: {"model": ErrorBody, "description": "No such notification."}},
+    responses={**_ERRORS, **_NOT_FOUND},
 )
 async def get_notification(
     notification_id: str, services: ServicesDep, caller: CallerDep
@@ -119,6 +220,68 @@ async def list_notifications(
     items = found[:limit]
     next_cursor = items[-1].id if len(found) > limit else None
     return JSONResponse({"items": [status_body(n) for n in items], "next_cursor": next_cursor})
+
+
+@router.delete(
+    "/{notification_id}",
+    response_model=NotificationOut,
+    summary="Cancel a notification not yet sent",
+    responses={
+        **_ERRORS,
+        **_NOT_FOUND,
+        409: {"model": ErrorBody, "description": "Already sent, being sent, or finished."},
+    },
+)
+async def cancel_notification(
+    notification_id: str, services: ServicesDep, caller: CallerDep
+) -> JSONResponse:
+    """Cancel a ``queued`` or ``deferred`` notification; answers its status document."""
+    cancelled, notification = await services.store.cancel(notification_id, now=time.time())
+    if notification is None:
+        raise ApiError(404, "not_found", f"no notification {notification_id}")
+    if not cancelled:
+        raise ApiError(
+            409,
+            "not_cancellable",
+            f"notification {notification_id} is {notification.status.value}; "
+            "only queued or deferred notifications can be cancelled",
+        )
+    await services.on_changed(notification)
+    return JSONResponse(status_body(notification))
+
+
+@router.post(
+    "/{notification_id}/retry",
+    response_model=NotificationOut,
+    status_code=202,
+    summary="Queue a failed or expired notification again",
+    responses={
+        **_ERRORS,
+        **_NOT_FOUND,
+        409: {"model": ErrorBody, "description": "Not failed or expired."},
+    },
+)
+async def retry_notification(
+    notification_id: str, services: ServicesDep, caller: CallerDep
+) -> JSONResponse:
+    """Recipients not yet reached get a fresh attempt budget and message lifetime."""
+    now = time.time()
+    expires_at = now + services.settings.message_lifetime
+    requeued, notification = await services.store.requeue(
+        notification_id, now=now, expires_at=expires_at
+    )
+    if notification is None:
+        raise ApiError(404, "not_found", f"no notification {notification_id}")
+    if not requeued:
+        raise ApiError(
+            409,
+            "not_retryable",
+            f"notification {notification_id} is {notification.status.value}; "
+            "only failed or expired notifications can be retried",
+        )
+    await services.on_changed(notification)
+    location = f"{router.prefix}/{notification_id}"
+    return JSONResponse(status_body(notification), 202, headers={"Location": location})
 
 
 def _sender(requested: str | NamedAddress | None, settings: Settings) -> Address:

@@ -8,6 +8,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from notifier.api.backpressure import Backpressure
+from notifier.api.idempotency import IdempotencyGuard
 from notifier.domain import Notification
 from notifier.settings import Settings
 from notifier.store import Store
@@ -19,6 +21,14 @@ class Services:
     store: Store
     #: Run after a 202 has been sent: queue the acknowledgment, wake the dispatcher.
     on_accepted: Callable[[Notification], Awaitable[None]]
+    #: Run after a cancel or manual retry: acknowledge or wake as needed.
+    on_changed: Callable[[Notification], Awaitable[None]]
+    #: Whether new notifications are taken (false while shutting down).
+    accepting: Callable[[], bool]
+    #: What is wrong with the SMTP relay, or ``None`` while it answers.
+    relay_problem: Callable[[], str | None]
+    backpressure: Backpressure
+    idempotency: IdempotencyGuard
 
 
 def get_services(request: Request) -> Services:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from contextlib import suppress
 
 from notifier.dispatch.ack import AckWriter
+from notifier.dispatch.breaker import RelayBreaker
 from notifier.dispatch.outcome import expire, open_recipients, settle
 from notifier.dispatch.policy import RetryPolicy
 from notifier.dispatch.transport import SMTPTransport
@@ -34,6 +35,7 @@ class Dispatcher:
         transport: SMTPTransport,
         ack: AckWriter,
         policy: RetryPolicy,
+        breaker: RelayBreaker,
         *,
         concurrency: int,
         lease_seconds: float,
@@ -44,6 +46,7 @@ class Dispatcher:
         self._transport = transport
         self._ack = ack
         self._policy = policy
+        self.breaker = breaker
         self._concurrency = concurrency
         self._lease_seconds = lease_seconds
         self._poll_interval = poll_interval
@@ -52,43 +55,66 @@ class Dispatcher:
         self._wake = asyncio.Event()
         #: Send tasks and the notification each one holds the lease on.
         self._in_flight: dict[asyncio.Task[None], str] = {}
-        self._tasks: list[asyncio.Task[None]] = []
+        self._claiming: asyncio.Task[None] | None = None
+        self._renewing: asyncio.Task[None] | None = None
 
     def wake(self) -> None:
         """Look for due work now rather than at the next poll."""
         self._wake.set()
 
     async def start(self) -> None:
-        self._tasks = [
-            asyncio.create_task(self._run(), name="notifier-dispatcher"),
-            asyncio.create_task(self._renew_leases(), name="notifier-lease-renewal"),
-        ]
+        self._claiming = asyncio.create_task(self._run(), name="notifier-dispatcher")
+        self._renewing = asyncio.create_task(self._renew_leases(), name="notifier-leases")
 
-    async def stop(self) -> None:
-        """Stop claiming, then abandon sends in flight; recovery resends them at the next start."""
-        for task in self._tasks:
+    def stop_claiming(self) -> None:
+        """Take no new work; sends in flight go on."""
+        if self._claiming is not None:
+            self._claiming.cancel()
+
+    async def stop(self, grace: float) -> None:
+        """Let sends in flight finish within ``grace`` seconds, then abandon the rest.
+
+        Abandoned sends have their leases released, so the next process (or start)
+        takes them over at once and records them as interrupted.
+        """
+        self.stop_claiming()
+        if self._claiming is not None:
+            await asyncio.gather(self._claiming, return_exceptions=True)
+        pending: set[asyncio.Task[None]] = set()
+        if self._in_flight:
+            _, pending = await asyncio.wait(list(self._in_flight), timeout=grace)
+        for task in pending:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
-        in_flight = list(self._in_flight)
-        for task in in_flight:
-            task.cancel()
-        await asyncio.gather(*in_flight, return_exceptions=True)
+        await asyncio.gather(*pending, return_exceptions=True)
+        if self._renewing is not None:
+            self._renewing.cancel()
+            await asyncio.gather(self._renewing, return_exceptions=True)
+        if pending:
+            released = await self._store.release_leases(now=self._clock(), owner=self.owner)
+            log.warning("shutdown grace over: released %d unfinished send(s)", released)
 
     async def _run(self) -> None:
         while True:
             self._wake.clear()
             free = self._concurrency - len(self._in_flight)
-            claimed = await self._claim(free) if free > 0 else []
+            allowed = self.breaker.allowance(free)
+            claimed = await self._claim(allowed) if allowed > 0 else []
+            self.breaker.claimed(len(claimed))
             for notification in claimed:
                 self._spawn(notification)
-            if free > 0 and len(claimed) == free:
+            if allowed > 0 and len(claimed) == allowed and allowed == free:
                 continue
-            timeout = self._poll_interval if free > len(claimed) else None
-            # Not asyncio.wait_for: on 3.11 it can swallow a cancellation that races the wake.
             with suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
+                # Not asyncio.wait_for: on 3.11 it can swallow a cancellation that races the wake.
+                async with asyncio.timeout(self._idle_timeout(free)):
                     await self._wake.wait()
+
+    def _idle_timeout(self, free: int) -> float | None:
+        """How long to sleep unless woken: until a slot frees, the breaker's probe, or a poll."""
+        until_probe = self.breaker.seconds_until_probe()
+        if until_probe is not None:
+            return until_probe
+        return self._poll_interval if free > 0 else None
 
     async def _claim(self, limit: int) -> list[Notification]:
         now = self._clock()
@@ -127,6 +153,7 @@ class Dispatcher:
     async def _deliver(self, n: Notification) -> None:
         started_at = self._clock()
         if started_at >= n.expires_at:
+            self.breaker.probe_abandoned()
             expire(n, started_at=started_at, now=started_at)
         else:
             await self._attempt(n, started_at)
@@ -138,12 +165,7 @@ class Dispatcher:
         if not recorded:
             log.warning("lost the lease on %s; its outcome was not recorded", n.id)
             return
-        log.info(
-            "notification %s attempt %d: %s",
-            n.id,
-            n.attempt_count,
-            n.status.value,
-        )
+        log.info("notification %s attempt %d: %s", n.id, n.attempt_count, n.status.value)
         if n.status.terminal:
             self._ack.finished(n)
 
@@ -153,8 +175,14 @@ class Dispatcher:
             message = _render(n)
             report = await self._transport.send(n.content.sender.address, recipients, message)
         except DeliveryError as error:
+            if error.relay:
+                self.breaker.relay_failed(error)
+                log.warning("relay fault, backing off: %s", error)
+            else:
+                self.breaker.relay_answered()
             settle(n, started_at=started_at, now=self._clock(), policy=self._policy, error=error)
         else:
+            self.breaker.relay_answered()
             settle(n, started_at=started_at, now=self._clock(), policy=self._policy, report=report)
 
 

@@ -50,16 +50,18 @@ def settle(
     """Apply the attempt's result to ``n``: recipients, status, next attempt, history."""
     if error is not None:
         code, text = _apply_error(n, error)
+        problem = text
     elif report is not None:
-        code, text = _apply_report(n, report)
+        code, text, problem = _apply_report(n, report)
     else:
         raise ValueError("settle needs a report or an error")
     relay_fault = error is not None and error.relay
     unknown = (
         report is not None and report.data_error is not None and report.data_error.unknown_outcome
     )
-    spent = sum(not a.relay_fault for a in n.attempts) + (not relay_fault)
-    _conclude(n, now=now, policy=policy, reason=text, spent=spent, relay_fault=relay_fault)
+    spent = sum(not a.relay_fault for a in n.attempts if a.number > n.budget_from)
+    spent += not relay_fault
+    _conclude(n, now=now, policy=policy, reason=problem, spent=spent, relay_fault=relay_fault)
     n.attempts.append(
         Attempt(
             number=n.attempt_count,
@@ -97,14 +99,15 @@ def _apply_error(n: Notification, error: DeliveryError) -> tuple[int | None, str
     return error.code, str(error)
 
 
-def _apply_report(n: Notification, report: SendReport) -> tuple[int | None, str]:
-    first_refusal: Reply | None = None
+def _apply_report(n: Notification, report: SendReport) -> tuple[int | None, str, str]:
+    """Per-recipient outcomes; returns the attempt's code and message, and what went wrong."""
+    first_refusal: tuple[str, Reply] | None = None
     for r in open_recipients(n):
         reply = report.recipients.get(r.address)
         if reply is None:
             continue
         if not is_success(reply.code):
-            first_refusal = first_refusal or reply
+            first_refusal = first_refusal or (r.address, reply)
             r.status, r.smtp_code, r.smtp_message = (
                 recipient_status(reply.code),
                 reply.code,
@@ -118,13 +121,18 @@ def _apply_report(n: Notification, report: SendReport) -> tuple[int | None, str]
             )
         elif report.data_error is not None:
             _apply_error_to(r, report.data_error)
-    if report.data_error is not None:
-        return report.data_error.code, str(report.data_error)
-    if report.data is not None:
-        return report.data.code, report.data.message
+    refusal = None
     if first_refusal is not None:
-        return first_refusal.code, f"RCPT: {first_refusal.code} {first_refusal.message}"
-    return None, "no recipient left to send to"
+        address, reply = first_refusal
+        refusal = f"RCPT {address}: {reply.code} {reply.message}"
+    if report.data_error is not None:
+        text = str(report.data_error)
+        return report.data_error.code, text, text
+    if report.data is not None:
+        return report.data.code, report.data.message, refusal or report.data.message
+    if first_refusal is not None and refusal is not None:
+        return first_refusal[1].code, refusal, refusal
+    return None, "no recipient left to send to", "no recipient left to send to"
 
 
 def _apply_error_to(r: Recipient, error: DeliveryError) -> None:

@@ -7,7 +7,9 @@ The only module that imports aiosmtplib: its exceptions are translated here, in
 from __future__ import annotations
 
 import ssl
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import aiosmtplib
 
@@ -15,6 +17,8 @@ from notifier.dispatch.classify import connection_error, reply_error
 from notifier.dispatch.outcome import Reply, SendReport
 from notifier.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from notifier.settings import Settings
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,13 +76,13 @@ class SMTPTransport:
 
     async def send(self, sender: str, recipients: list[str], message: bytes) -> SendReport:
         """One SMTP transaction; raises ``DeliveryError`` if it fails before RCPT is done."""
-        connection = self._idle.pop() if self._idle else None
+        connection = await _translated(self._ready(sender))
         try:
-            connection, report = await self._transact(connection, sender, recipients, message)
-        except (aiosmtplib.SMTPException, OSError, ValueError, UnicodeError) as exc:
-            if connection is not None:
-                connection.client.close()
-            raise translate(exc) from exc
+            report = await _translated(self._transact(connection, recipients, message))
+        except BaseException:
+            # Failed or cancelled mid-transaction: this connection's state is unknown.
+            connection.client.close()
+            raise
         self._release(connection)
         return report
 
@@ -91,9 +95,8 @@ class SMTPTransport:
                 client.close()
 
     async def _transact(
-        self, connection: _Connection | None, sender: str, recipients: list[str], message: bytes
-    ) -> tuple[_Connection, SendReport]:
-        connection = await self._ready(connection, sender)
+        self, connection: _Connection, recipients: list[str], message: bytes
+    ) -> SendReport:
         client = connection.client
         report = SendReport()
         for address in recipients:
@@ -105,7 +108,7 @@ class SMTPTransport:
                 report.recipients[address] = Reply(reply.code, reply.message)
         if not any(200 <= r.code < 300 for r in report.recipients.values()):
             await client.rset()
-            return connection, report
+            return report
         try:
             reply = await client.data(message, timeout=self._config.data_timeout)
         except aiosmtplib.SMTPDataError as exc:
@@ -118,23 +121,27 @@ class SMTPTransport:
                 f"DATA: outcome unknown, {exc}; retrying under the same Message-ID",
                 unknown_outcome=True,
             )
-            return connection, report
+            return report
         else:
             report.data = Reply(reply.code, reply.message)
         connection.messages += 1
-        return connection, report
+        return report
 
-    async def _ready(self, connection: _Connection | None, sender: str) -> _Connection:
+    async def _ready(self, sender: str) -> _Connection:
         """A connection on which MAIL FROM has been accepted.
 
-        A reused connection may have been closed by the relay while idle; that
-        costs one reconnect, never a failed attempt.
+        An idle connection may have been closed by the relay meanwhile; that costs
+        one reconnect, never a failed attempt.
         """
-        if connection is not None and connection.client.is_connected:
+        if self._idle:
+            connection = self._idle.pop()
             try:
                 await connection.client.mail(sender)
             except aiosmtplib.SMTPServerDisconnected:
                 connection.client.close()
+            except BaseException:
+                connection.client.close()
+                raise
             else:
                 return connection
         connection = _Connection(await self._connect())
@@ -167,6 +174,14 @@ class SMTPTransport:
             connection.client.close()
         elif connection.client.is_connected:
             self._idle.append(connection)
+
+
+async def _translated(step: Awaitable[T]) -> T:
+    """Await ``step``, turning aiosmtplib's and the socket's failures into notifier's."""
+    try:
+        return await step
+    except (aiosmtplib.SMTPException, OSError, ValueError, UnicodeError) as exc:
+        raise translate(exc) from exc
 
 
 def translate(exc: BaseException) -> DeliveryError:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from notifier.domain import Notification, NotificationStatus
+from notifier.domain import IdempotencyRecord, Notification, NotificationStatus
 
 
 class Store(Protocol):
@@ -17,8 +17,32 @@ class Store(Protocol):
     async def ping(self) -> None:
         """Raise ``StoreError`` unless a query round-trips."""
 
-    async def add(self, notification: Notification) -> None:
-        """Commit a new notification; returns only once it is durable."""
+    def write_failure(self) -> str | None:
+        """Why the last commit failed, until one succeeds again; ``None`` when healthy."""
+
+    async def add(
+        self, notification: Notification, idempotency: IdempotencyRecord | None = None
+    ) -> IdempotencyRecord | None:
+        """Commit a new notification (and its idempotency key) once it is durable.
+
+        If the key is already taken, nothing is stored and the existing record is returned.
+        """
+
+    async def find_idempotency(self, owner: str, key: str) -> IdempotencyRecord | None: ...
+
+    async def purge_idempotency(self, *, now: float, limit: int) -> int:
+        """Forget up to ``limit`` keys past their expiry; returns how many."""
+
+    async def cancel(self, notification_id: str, *, now: float) -> tuple[bool, Notification | None]:
+        """Cancel if still queued or deferred; returns (cancelled, the notification as it is)."""
+
+    async def requeue(
+        self, notification_id: str, *, now: float, expires_at: float
+    ) -> tuple[bool, Notification | None]:
+        """Queue a failed or expired notification again; returns (requeued, the notification)."""
+
+    async def count_pending(self) -> int:
+        """Notifications not yet in a terminal state."""
 
     async def get(self, notification_id: str) -> Notification | None: ...
 
@@ -47,8 +71,8 @@ class Store(Protocol):
     async def extend_leases(self, *, owner: str, ids: Sequence[str], until: float) -> None:
         """Push back the lease on notifications ``owner`` is still sending."""
 
-    async def release_leases(self, *, now: float) -> int:
-        """Make every ``sending`` notification due now; used when no sender can be alive."""
+    async def release_leases(self, *, now: float, owner: str | None = None) -> int:
+        """Make ``sending`` notifications due now: ``owner``'s, or all (no sender alive)."""
 
     async def mark_acknowledged(self, *, accepted: Sequence[str], final: Sequence[str]) -> None:
         """Note that the acknowledgment lines of these notifications are on disk."""

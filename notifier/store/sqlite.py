@@ -26,6 +26,7 @@ from notifier.domain import (
     Address,
     Attempt,
     Content,
+    IdempotencyRecord,
     Notification,
     NotificationStatus,
     Recipient,
@@ -38,7 +39,6 @@ T = TypeVar("T")
 
 SCHEMA_VERSION = 1
 MAX_BATCH = 512
-BUSY_TIMEOUT_MS = 5000
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS notifications (
@@ -59,9 +59,20 @@ CREATE TABLE IF NOT EXISTS notifications (
     last_error TEXT,
     lease_owner TEXT,
     lease_started_at REAL,
+    budget_from INTEGER NOT NULL DEFAULT 0,
     ack_accepted INTEGER NOT NULL DEFAULT 0,
     ack_final INTEGER
 );
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    owner TEXT NOT NULL,
+    key TEXT NOT NULL,
+    request_hash TEXT NOT NULL,
+    notification_id TEXT NOT NULL,
+    response TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (owner, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS idempotency_keys_expiry ON idempotency_keys (expires_at);
 CREATE INDEX IF NOT EXISTS notifications_due
     ON notifications (visible_at) WHERE visible_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS notifications_status ON notifications (status, id);
@@ -109,13 +120,30 @@ VALUES (:id, :owner, :status, :content, :recipients, :metadata, :message_id,
     :created_at, :updated_at, :expires_at, :visible_at)
 """
 
+INSERT_KEY = """
+INSERT INTO idempotency_keys (owner, key, request_hash, notification_id, response, expires_at)
+VALUES (:owner, :key, :request_hash, :notification_id, :response, :expires_at)
+ON CONFLICT (owner, key) DO NOTHING
+"""
+
+#: Rewrites what a cancel or a manual retry changes, in the same transaction as the read.
+REWRITE = """
+UPDATE notifications SET
+    status = :status, recipients = :recipients, visible_at = :visible_at,
+    next_attempt_at = NULL, expires_at = :expires_at, last_error = :last_error,
+    updated_at = :updated_at, budget_from = :budget_from,
+    ack_final = CASE WHEN :terminal THEN 0 ELSE NULL END
+WHERE id = :id
+"""
+
 
 class SQLiteStore:
     """The :class:`~notifier.store.base.Store` on one SQLite file."""
 
-    def __init__(self, path: Path, *, readers: int = 2) -> None:
+    def __init__(self, path: Path, *, readers: int = 2, busy_timeout: float = 5.0) -> None:
         self.path = path
         self._readers = readers
+        self._busy_timeout = busy_timeout
         self._lock_file: IO[str] | None = None
         self._writer: _Writer | None = None
         self._read_pool: ThreadPoolExecutor | None = None
@@ -127,7 +155,7 @@ class SQLiteStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock_file = _take_lock(self.path)
         loop = asyncio.get_running_loop()
-        self._writer = _Writer(self.path, loop)
+        self._writer = _Writer(self.path, loop, self._busy_timeout)
         self._writer.start()
         await self._write(_migrate)
         self._read_pool = ThreadPoolExecutor(self._readers, thread_name_prefix="notifier-read")
@@ -150,9 +178,62 @@ class SQLiteStore:
     async def ping(self) -> None:
         await self._read(lambda c: c.execute("SELECT 1").fetchone())
 
-    async def add(self, notification: Notification) -> None:
+    def write_failure(self) -> str | None:
+        return None if self._writer is None else self._writer.failure
+
+    async def add(
+        self, notification: Notification, idempotency: IdempotencyRecord | None = None
+    ) -> IdempotencyRecord | None:
         row = _to_row(notification)
-        await self._write(lambda c: c.execute(INSERT, row))
+
+        def insert(c: sqlite3.Connection) -> IdempotencyRecord | None:
+            taken = (
+                idempotency is not None and c.execute(INSERT_KEY, asdict(idempotency)).rowcount == 0
+            )
+            if idempotency is not None and taken:
+                return _find_key(c, idempotency.owner, idempotency.key)
+            c.execute(INSERT, row)
+            return None
+
+        return await self._write(insert)
+
+    async def find_idempotency(self, owner: str, key: str) -> IdempotencyRecord | None:
+        return await self._read(lambda c: _find_key(c, owner, key))
+
+    async def purge_idempotency(self, *, now: float, limit: int) -> int:
+        sql = (
+            "DELETE FROM idempotency_keys WHERE (owner, key) IN (SELECT owner, key "
+            "FROM idempotency_keys WHERE expires_at < ? ORDER BY expires_at LIMIT ?)"
+        )
+        purged: int = await self._write(lambda c: c.execute(sql, (now, limit)).rowcount)
+        return purged
+
+    async def cancel(self, notification_id: str, *, now: float) -> tuple[bool, Notification | None]:
+        def change(n: Notification) -> bool:
+            if not n.cancellable:
+                return False
+            n.status = NotificationStatus.CANCELLED
+            n.last_error = "cancelled by request"
+            n.updated_at = now
+            return True
+
+        return await self._write(lambda c: _rewrite(c, notification_id, change))
+
+    async def requeue(
+        self, notification_id: str, *, now: float, expires_at: float
+    ) -> tuple[bool, Notification | None]:
+        def change(n: Notification) -> bool:
+            if not n.retryable:
+                return False
+            n.reopen(now=now, expires_at=expires_at)
+            return True
+
+        return await self._write(lambda c: _rewrite(c, notification_id, change))
+
+    async def count_pending(self) -> int:
+        sql = "SELECT count(*) FROM notifications WHERE visible_at IS NOT NULL"
+        count: int = await self._read(lambda c: c.execute(sql).fetchone()[0])
+        return count
 
     async def get(self, notification_id: str) -> Notification | None:
         def query(c: sqlite3.Connection) -> sqlite3.Row | None:
@@ -221,9 +302,13 @@ class SQLiteStore:
         )
         await self._write(lambda c: c.execute(sql, (until, owner, json.dumps(list(ids)))))
 
-    async def release_leases(self, *, now: float) -> int:
+    async def release_leases(self, *, now: float, owner: str | None = None) -> int:
         sql = "UPDATE notifications SET visible_at = ? WHERE status = 'sending'"
-        changed: int = await self._write(lambda c: c.execute(sql, (now,)).rowcount)
+        params: tuple[object, ...] = (now,)
+        if owner is not None:
+            sql += " AND lease_owner = ?"
+            params = (now, owner)
+        changed: int = await self._write(lambda c: c.execute(sql, params).rowcount)
         return changed
 
     async def mark_acknowledged(self, *, accepted: Sequence[str], final: Sequence[str]) -> None:
@@ -282,11 +367,14 @@ class _Job:
 class _Writer(threading.Thread):
     """Owns the only writing connection; commits whatever has queued up as one batch."""
 
-    def __init__(self, path: Path, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, path: Path, loop: asyncio.AbstractEventLoop, busy_timeout: float) -> None:
         super().__init__(name="notifier-sqlite-writer", daemon=True)
         self._path = path
         self._loop = loop
+        self._busy_timeout = busy_timeout
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        #: Why the last commit failed; cleared by the next one that succeeds.
+        self.failure: str | None = None
 
     def submit(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
         future: asyncio.Future[T] = self._loop.create_future()
@@ -298,10 +386,10 @@ class _Writer(threading.Thread):
         self.join()
 
     def run(self) -> None:
-        connection = _connect(self._path)
+        connection = _connect(self._path, self._busy_timeout)
         try:
             while (batch := self._next_batch()) is not None:
-                results = _commit(connection, batch)
+                results, self.failure = _commit(connection, batch)
                 self._loop.call_soon_threadsafe(_settle, results)
         finally:
             connection.close()
@@ -326,8 +414,11 @@ class _Writer(threading.Thread):
 _Result = tuple[_Job, Any, BaseException | None]
 
 
-def _commit(connection: sqlite3.Connection, batch: list[_Job]) -> list[_Result]:
-    """Run every job in one transaction; a failing job is rolled back alone."""
+def _commit(connection: sqlite3.Connection, batch: list[_Job]) -> tuple[list[_Result], str | None]:
+    """Run every job in one transaction; a failing job is rolled back alone.
+
+    Returns each job's result and, if the commit itself failed, why.
+    """
     results: list[_Result] = []
     try:
         connection.execute("BEGIN IMMEDIATE")
@@ -348,8 +439,8 @@ def _commit(connection: sqlite3.Connection, batch: list[_Job]) -> list[_Result]:
         with suppress(sqlite3.Error):
             connection.execute("ROLLBACK")
         error = StoreError(f"database commit failed: {exc}")
-        return [(job, None, error) for job in batch]
-    return results
+        return [(job, None, error) for job in batch], str(exc)
+    return results, None
 
 
 def _settle(results: list[_Result]) -> None:
@@ -362,15 +453,50 @@ def _settle(results: list[_Result]) -> None:
             job.future.set_exception(error)
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def _connect(path: Path, busy_timeout: float = 5.0) -> sqlite3.Connection:
     connection = sqlite3.connect(
-        path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+        path, isolation_level=None, check_same_thread=False, timeout=busy_timeout
     )
     connection.row_factory = sqlite3.Row
     connection.execute("PRAGMA journal_mode = WAL")
     connection.execute("PRAGMA synchronous = FULL")
-    connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
     return connection
+
+
+def _find_key(c: sqlite3.Connection, owner: str, key: str) -> IdempotencyRecord | None:
+    row = c.execute(
+        "SELECT * FROM idempotency_keys WHERE owner = ? AND key = ?", (owner, key)
+    ).fetchone()
+    return None if row is None else IdempotencyRecord(**dict(row))
+
+
+def _rewrite(
+    c: sqlite3.Connection, notification_id: str, change: Callable[[Notification], bool]
+) -> tuple[bool, Notification | None]:
+    """Read, ``change`` and write back one notification inside the writer's transaction."""
+    row = c.execute("SELECT * FROM notifications WHERE id = ?", (notification_id,)).fetchone()
+    if row is None:
+        return False, None
+    n = _from_row(row)
+    if not change(n):
+        return False, n
+    terminal = n.status.terminal
+    c.execute(
+        REWRITE,
+        {
+            "id": n.id,
+            "status": n.status.value,
+            "recipients": _dump([asdict(r) for r in n.recipients]),
+            "visible_at": None if terminal else n.updated_at,
+            "expires_at": n.expires_at,
+            "last_error": n.last_error,
+            "updated_at": n.updated_at,
+            "budget_from": n.budget_from,
+            "terminal": terminal,
+        },
+    )
+    return True, n
 
 
 def _migrate(connection: sqlite3.Connection) -> None:
@@ -468,4 +594,5 @@ def _from_row(row: sqlite3.Row) -> Notification:
         acknowledged=bool(row["ack_accepted"]),
         lease_owner=row["lease_owner"],
         lease_started_at=row["lease_started_at"],
+        budget_from=row["budget_from"],
     )

@@ -1,0 +1,138 @@
+"""Idempotency-Key: one notification per key and caller, however often the request comes."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+
+from notifier.retention import Retention
+from notifier.store import SQLiteStore
+from tests.conftest import MakeSettings, notification, running_app, wait_for
+from tests.smtp_server import ScriptedHandler
+
+
+def keyed(key: str) -> dict[str, str]:
+    return {"Idempotency-Key": key}
+
+
+async def test_same_key_and_body_replays_the_original_answer(
+    client: httpx.AsyncClient, smtp_handler: ScriptedHandler
+) -> None:
+    first = await client.post("/v1/notifications", json=notification(), headers=keyed("k-1"))
+    await wait_for(client, first.json()["id"])
+    again = await client.post("/v1/notifications", json=notification(), headers=keyed("k-1"))
+
+    assert first.status_code == again.status_code == 202
+    assert again.json() == first.json()
+    assert again.headers["location"] == first.headers["location"]
+    assert again.headers["idempotent-replayed"] == "true"
+    assert "idempotent-replayed" not in first.headers
+    listed = (await client.get("/v1/notifications")).json()["items"]
+    assert [item["id"] for item in listed] == [first.json()["id"]]
+    assert len(smtp_handler.received) == 1
+
+
+async def test_same_key_with_another_body_is_422(client: httpx.AsyncClient) -> None:
+    await client.post("/v1/notifications", json=notification(), headers=keyed("k-2"))
+
+    other = await client.post(
+        "/v1/notifications", json=notification(subject="Different"), headers=keyed("k-2")
+    )
+
+    assert other.status_code == 422
+    assert other.json()["code"] == "idempotency_key_reused"
+    assert len((await client.get("/v1/notifications")).json()["items"]) == 1
+
+
+async def test_twenty_concurrent_identical_requests_make_one_notification(
+    client: httpx.AsyncClient, smtp_handler: ScriptedHandler
+) -> None:
+    responses = await asyncio.gather(
+        *(
+            client.post("/v1/notifications", json=notification(), headers=keyed("burst"))
+            for _ in range(20)
+        )
+    )
+
+    statuses = {r.status_code for r in responses}
+    assert statuses <= {202, 409}
+    ids = {r.json()["id"] for r in responses if r.status_code == 202}
+    assert len(ids) == 1
+    for conflict in (r for r in responses if r.status_code == 409):
+        assert conflict.headers["retry-after"] == "1"
+        assert conflict.json()["code"] == "idempotency_key_in_use"
+    (notification_id,) = ids
+    await wait_for(client, notification_id)
+    assert len((await client.get("/v1/notifications")).json()["items"]) == 1
+    assert len(smtp_handler.received) == 1
+
+
+async def test_request_that_fails_validation_stores_no_key(client: httpx.AsyncClient) -> None:
+    bad = await client.post(
+        "/v1/notifications", json=notification(to=["not-an-address"]), headers=keyed("k-3")
+    )
+    fixed = await client.post("/v1/notifications", json=notification(), headers=keyed("k-3"))
+
+    assert bad.status_code == 422
+    assert fixed.status_code == 202
+    assert "idempotent-replayed" not in fixed.headers
+
+
+async def test_keys_are_scoped_per_api_key(make_settings: MakeSettings) -> None:
+    settings = make_settings(api_keys=["alpha", "beta"], auth_disabled=False)
+    async with running_app(settings) as client:
+        as_alpha = await client.post(
+            "/v1/notifications",
+            json=notification(),
+            headers={**keyed("shared"), "Authorization": "Bearer alpha"},
+        )
+        as_beta = await client.post(
+            "/v1/notifications",
+            json=notification(),
+            headers={**keyed("shared"), "Authorization": "Bearer beta"},
+        )
+
+    assert as_alpha.status_code == as_beta.status_code == 202
+    assert as_alpha.json()["id"] != as_beta.json()["id"]
+    assert "idempotent-replayed" not in as_beta.headers
+
+
+async def test_malformed_key_is_400(client: httpx.AsyncClient) -> None:
+    for key in (b"", b"x" * 256, b"tab\there", "é".encode()):
+        response = await client.post(
+            "/v1/notifications", json=notification(), headers={b"Idempotency-Key": key}
+        )
+        assert response.status_code == 400, key
+        assert response.json()["code"] == "invalid_idempotency_key"
+    assert (await client.get("/v1/notifications")).json()["items"] == []
+
+
+async def test_keys_survive_a_restart(make_settings: MakeSettings) -> None:
+    settings = make_settings()
+    async with running_app(settings) as client:
+        first = await client.post("/v1/notifications", json=notification(), headers=keyed("k-4"))
+    async with running_app(settings) as client:
+        again = await client.post("/v1/notifications", json=notification(), headers=keyed("k-4"))
+
+    assert again.json()["id"] == first.json()["id"]
+    assert again.headers["idempotent-replayed"] == "true"
+
+
+async def test_keys_are_forgotten_after_their_window(make_settings: MakeSettings) -> None:
+    settings = make_settings(message_lifetime=1.0)
+    async with running_app(settings) as client:
+        first = await client.post("/v1/notifications", json=notification(), headers=keyed("k-5"))
+    store = SQLiteStore(settings.sqlite_path)
+    await store.open()
+    try:
+        window = settings.idempotency_window
+        kept = await Retention(store, clock=lambda: 0.0).purge_once()
+        later = Retention(store, clock=lambda: 2e9 + window)
+        purged = await later.purge_once()
+        remaining = await store.find_idempotency("", "k-5")
+    finally:
+        await store.close()
+
+    assert first.status_code == 202
+    assert (kept, purged, remaining) == (0, 1, None)

@@ -1,0 +1,144 @@
+"""Back-pressure, store faults, relay faults and shutdown: clear answers, nothing lost."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+
+from notifier.app import begin_shutdown
+from tests.conftest import MakeSettings, notification, post, running_app, wait_for
+from tests.smtp_server import ScriptedHandler, free_port
+
+
+async def wait_until_in_data(handler: ScriptedHandler, count: int) -> None:
+    give_up = time.monotonic() + 10
+    while handler.data_commands < count:
+        assert time.monotonic() < give_up, "sends never reached DATA"
+        await asyncio.sleep(0.01)
+
+
+async def test_too_many_undelivered_notifications_get_503_with_retry_after(
+    make_settings: MakeSettings, smtp_handler: ScriptedHandler
+) -> None:
+    smtp_handler.stall()
+    async with running_app(make_settings(max_pending=3)) as client:
+        accepted = [await post(client) for _ in range(3)]
+        refused = await client.post("/v1/notifications", json=notification())
+        assert refused.status_code == 503
+        assert refused.json()["code"] == "too_many_pending"
+        assert refused.headers["retry-after"]
+
+        smtp_handler.release()
+        for notification_id in accepted:
+            await wait_for(client, notification_id)
+        give_up = time.monotonic() + 10
+        while (
+            again := await client.post("/v1/notifications", json=notification())
+        ).status_code == 503:
+            assert time.monotonic() < give_up, "back-pressure never lifted"
+            await asyncio.sleep(0.05)
+
+    assert again.status_code == 202
+    assert len(smtp_handler.received) == 4
+
+
+async def test_store_that_cannot_commit_answers_503_and_readyz_goes_red(
+    make_settings: MakeSettings,
+) -> None:
+    settings = make_settings(store_busy_timeout=0.2)
+    async with running_app(settings) as client:
+        blocker = sqlite3.connect(settings.sqlite_path, isolation_level=None)
+        try:
+            blocker.execute("BEGIN IMMEDIATE")  # holds the write lock past the busy timeout
+            refused = await client.post("/v1/notifications", json=notification())
+            ready = await client.get("/readyz")
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        accepted = await client.post("/v1/notifications", json=notification())
+        await wait_for(client, accepted.json()["id"])
+        recovered = await client.get("/readyz")
+        listed = (await client.get("/v1/notifications")).json()["items"]
+
+    assert refused.status_code == 503
+    assert refused.json()["code"] == "store_unavailable"
+    assert refused.headers["retry-after"]
+    assert ready.status_code == 503
+    assert "cannot commit" in ready.json()["checks"]["store"]
+    assert accepted.status_code == 202
+    assert recovered.status_code == 200
+    assert [item["id"] for item in listed] == [accepted.json()["id"]]
+
+
+async def test_relay_down_keeps_notifications_deferred_and_readyz_says_why(
+    make_settings: MakeSettings, smtp_handler: ScriptedHandler
+) -> None:
+    dead_port = free_port()
+    async with running_app(make_settings(smtp_port=dead_port)) as client:
+        notification_id = await post(client)
+        doc = await wait_for(
+            client, notification_id, lambda d: len(d["attempts"]) >= 3, deadline=15
+        )
+        ready = await client.get("/readyz")
+
+    assert doc["status"] in {"deferred", "sending"}
+    assert all(a["relay_fault"] for a in doc["attempts"][:3])
+    assert ready.status_code == 503
+    assert "relay fault" in ready.json()["checks"]["relay"]
+    assert ready.json()["checks"]["store"] == "ok"
+
+
+async def test_relay_recovery_closes_the_breaker_and_delivers(
+    make_settings: MakeSettings, smtp_handler: ScriptedHandler
+) -> None:
+    smtp_handler.mail_replies.extend(["421 4.3.0 Not now"])  # answers, so not a relay fault
+    async with running_app(make_settings()) as client:
+        doc = await wait_for(client, await post(client))
+        ready = await client.get("/readyz")
+
+    assert doc["status"] == "sent"
+    assert ready.status_code == 200
+    assert ready.json()["checks"]["relay"] == "ok"
+
+
+async def test_shutdown_refuses_new_notifications_and_lets_sends_in_flight_finish(
+    make_settings: MakeSettings, smtp_handler: ScriptedHandler
+) -> None:
+    smtp_handler.stall()
+    runner = running_app(make_settings(shutdown_grace=10))
+    async with runner as client:
+        in_flight = await post(client)
+        await wait_until_in_data(smtp_handler, 1)
+        begin_shutdown(runner.app)
+        refused = await client.post("/v1/notifications", json=notification())
+        ready = await client.get("/readyz")
+        smtp_handler.release()
+        doc = await wait_for(client, in_flight)
+
+    assert refused.status_code == 503
+    assert refused.json()["code"] == "shutting_down"
+    assert refused.headers["retry-after"]
+    assert ready.status_code == 503
+    assert doc["status"] == "sent"
+    assert [a["outcome"] for a in doc["attempts"]] == ["sent"]
+
+
+async def test_sends_past_the_shutdown_grace_are_released_and_resumed_at_start(
+    make_settings: MakeSettings, smtp_handler: ScriptedHandler
+) -> None:
+    smtp_handler.stall()
+    settings = make_settings(shutdown_grace=0.1)
+    async with running_app(settings) as client:
+        notification_id = await post(client)
+        await wait_until_in_data(smtp_handler, 1)
+    smtp_handler.release()
+    async with running_app(settings) as client:
+        doc = await wait_for(client, notification_id)
+
+    assert doc["status"] == "sent"
+    outcomes = [a["outcome"] for a in doc["attempts"]]
+    assert outcomes[0] == "interrupted"
+    assert doc["attempts"][0]["possible_duplicate"] is True
+    assert outcomes[-1] == "sent"
+    assert {r.message_id for r in smtp_handler.received} == {doc["message_id"]}
