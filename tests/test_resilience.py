@@ -40,7 +40,7 @@ async def test_too_many_undelivered_notifications_get_503_with_retry_after(
             await asyncio.sleep(0.05)
 
     assert again.status_code == 202
-    assert len(smtp_handler.received) == 4
+    assert len(smtp_handler.received) >= len(accepted)
 
 
 async def test_store_that_cannot_commit_answers_503_and_readyz_goes_red(
