@@ -124,7 +124,11 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 class GracefulServer(uvicorn.Server):
-    """uvicorn, telling the app the moment SIGTERM or SIGINT arrives."""
+    """uvicorn, telling the app the moment SIGTERM or SIGINT arrives.
+
+    After a graceful stop the process exits 0: unlike uvicorn's own handler, this one
+    does not re-raise the signal once shutdown is done. A second Ctrl-C forces the exit.
+    """
 
     def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
         super().__init__(config)
@@ -132,7 +136,10 @@ class GracefulServer(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self._on_exit()
-        super().handle_exit(sig, frame)
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+        else:
+            self.should_exit = True
 
 
 def _dev_smtp(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -13,9 +14,9 @@ import pytest
 
 from notifier.app import create_app
 from notifier.settings import Settings
+from tests.service import TERMINAL, ServiceProcess
 from tests.smtp_server import ScriptedHandler, SMTPServer
 
-TERMINAL = {"sent", "partially_sent", "failed", "expired", "cancelled"}
 DEADLINE_SECONDS = 15.0
 
 MakeSettings = Callable[..., Settings]
@@ -125,3 +126,36 @@ async def wait_for(
         if time.monotonic() > give_up:
             pytest.fail(f"deadline passed; last status document: {doc}")
         await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+def service_env(tmp_path: Path, smtp: SMTPServer) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")}
+    env.update(
+        {
+            "NOTIFIER_SMTP_HOST": smtp.host,
+            "NOTIFIER_SMTP_PORT": str(smtp.port),
+            "NOTIFIER_SMTP_TLS": "none",
+            "NOTIFIER_SMTP_LOCAL_HOSTNAME": "notifier.test",
+            "NOTIFIER_MAIL_FROM": "notifier@example.com",
+            "NOTIFIER_DATABASE_URL": f"sqlite:///{tmp_path / 'notifier.db'}",
+            "NOTIFIER_ACK_FILE": str(tmp_path / "acks.jsonl"),
+            "NOTIFIER_AUTH_DISABLED": "true",
+            "NOTIFIER_SEND_CONCURRENCY": "4",
+            "NOTIFIER_RETRY_INITIAL_DELAY": "0.01",
+            "NOTIFIER_RETRY_MAX_DELAY": "0.05",
+            "NOTIFIER_POLL_INTERVAL": "0.05",
+            "NOTIFIER_LOG_LEVEL": "warning",
+        }
+    )
+    return env
+
+
+@pytest.fixture
+def processes(service_env: dict[str, str], tmp_path: Path) -> Iterator[list[ServiceProcess]]:
+    started: list[ServiceProcess] = []
+    try:
+        yield started
+    finally:
+        for process in started:
+            process.kill()

@@ -61,6 +61,8 @@ class ScriptedHandler:
     #: Counts every EHLO, i.e. every SMTP session the client opened.
     sessions: int = 0
     data_commands: int = 0
+    #: Seconds each DATA takes before it is answered, so sends are in flight for a while.
+    data_delay: float = 0.0
     _stalled: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -107,6 +109,8 @@ class ScriptedHandler:
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         with self._lock:
             self.data_commands += 1
+        if self.data_delay:
+            await asyncio.sleep(self.data_delay)
         deadline = time.monotonic() + MAX_STALL_SECONDS
         while self._stalled.is_set() and time.monotonic() < deadline:
             await asyncio.sleep(0.005)

@@ -9,119 +9,16 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import TERMINAL, notification
+from tests.conftest import notification
+from tests.service import DELIVERY_DEADLINE, ServiceProcess, spawn, wait_all_terminal
 from tests.smtp_server import SMTPServer, free_port
 
 pytestmark = pytest.mark.slow
-
-STARTUP_DEADLINE = 20.0
-DELIVERY_DEADLINE = 30.0
-
-
-class ServiceProcess:
-    """``python -m notifier serve`` on a free loopback port; always stopped by the fixture."""
-
-    def __init__(self, env: dict[str, str], cwd: Path) -> None:
-        self.env, self.cwd = env, cwd
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.log = cwd / f"serve-{self.port}.log"
-
-    def start(self) -> ServiceProcess:
-        command = [sys.executable, "-m", "notifier", "serve", "--port", str(self.port)]
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(
-                command, env=self.env, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT
-            )
-        self._wait_until_healthy()
-        return self
-
-    def _wait_until_healthy(self) -> None:
-        assert self.process is not None
-        give_up = time.monotonic() + STARTUP_DEADLINE
-        while time.monotonic() < give_up:
-            if self.process.poll() is not None:
-                pytest.fail(f"notifier exited at start:\n{self.log.read_text()}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        pytest.fail(f"notifier did not become healthy:\n{self.log.read_text()}")
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown code runs at all."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-
-    def run_cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "notifier", *args, "--url", self.url]
-        return subprocess.run(
-            command, env=self.env, cwd=self.cwd, capture_output=True, text=True, timeout=30
-        )
-
-
-@pytest.fixture
-def service_env(tmp_path: Path, smtp: SMTPServer) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")}
-    env.update(
-        {
-            "NOTIFIER_SMTP_HOST": smtp.host,
-            "NOTIFIER_SMTP_PORT": str(smtp.port),
-            "NOTIFIER_SMTP_TLS": "none",
-            "NOTIFIER_SMTP_LOCAL_HOSTNAME": "notifier.test",
-            "NOTIFIER_MAIL_FROM": "notifier@example.com",
-            "NOTIFIER_DATABASE_URL": f"sqlite:///{tmp_path / 'notifier.db'}",
-            "NOTIFIER_ACK_FILE": str(tmp_path / "acks.jsonl"),
-            "NOTIFIER_AUTH_DISABLED": "true",
-            "NOTIFIER_SEND_CONCURRENCY": "4",
-            "NOTIFIER_RETRY_INITIAL_DELAY": "0.01",
-            "NOTIFIER_RETRY_MAX_DELAY": "0.05",
-            "NOTIFIER_POLL_INTERVAL": "0.05",
-            "NOTIFIER_LOG_LEVEL": "warning",
-        }
-    )
-    return env
-
-
-@pytest.fixture
-def processes(service_env: dict[str, str], tmp_path: Path) -> Iterator[list[ServiceProcess]]:
-    started: list[ServiceProcess] = []
-    try:
-        yield started
-    finally:
-        for process in started:
-            process.kill()
-
-
-def spawn(processes: list[ServiceProcess], env: dict[str, str], cwd: Path) -> ServiceProcess:
-    service = ServiceProcess(env, cwd)
-    processes.append(service)
-    return service.start()
-
-
-def wait_all_terminal(url: str, ids: list[str]) -> dict[str, dict[str, object]]:
-    docs: dict[str, dict[str, object]] = {}
-    give_up = time.monotonic() + DELIVERY_DEADLINE
-    with httpx.Client(base_url=url, timeout=5) as client:
-        for notification_id in ids:
-            while True:
-                doc = client.get(f"/v1/notifications/{notification_id}").json()
-                if doc["status"] in TERMINAL and doc["acknowledged"]:
-                    docs[notification_id] = doc
-                    break
-                assert time.monotonic() < give_up, f"not delivered in time: {doc}"
-                time.sleep(0.02)
-    return docs
 
 
 def test_kill_9_while_sends_are_stalled_loses_nothing(
@@ -152,7 +49,7 @@ def test_kill_9_while_sends_are_stalled_loses_nothing(
     copies = Counter(r.message_id for r in handler.received)
     for notification_id, doc in docs.items():
         assert copies[str(doc["message_id"])] >= 1, notification_id
-        outcomes = [a["outcome"] for a in doc["attempts"]]  # type: ignore[attr-defined]
+        outcomes = [a["outcome"] for a in doc["attempts"]]
         if copies[str(doc["message_id"])] > 1:
             # A duplicate only ever comes from an attempt the crash interrupted.
             assert "interrupted" in outcomes
@@ -173,7 +70,7 @@ def test_second_process_on_the_same_database_is_refused(
     service_env: dict[str, str], tmp_path: Path, processes: list[ServiceProcess]
 ) -> None:
     spawn(processes, service_env, tmp_path)
-    port = str(free_port())
+    port = "0"
 
     result = subprocess.run(
         [sys.executable, "-m", "notifier", "serve", "--port", port],
