@@ -19,6 +19,7 @@ from typing import Any
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
 from notifier.domain import Notification
+from notifier.errors import StoreError
 from notifier.schemas import iso
 from notifier.store import Store
 
@@ -91,10 +92,13 @@ class AckWriter:
 
     async def _catch_up(self) -> None:
         """Write the lines a previous run left unwritten (at least once, so maybe twice)."""
-        while missing := await self._store.unacknowledged(limit=CATCH_UP_BATCH):
-            batch = [(n, ACCEPTED) for n in missing if not n.acknowledged]
-            batch += [(n, n.status.value) for n in missing if n.status.terminal]
-            await self._write_with_retries(batch)
+        try:
+            while missing := await self._store.unacknowledged(limit=CATCH_UP_BATCH):
+                batch = [(n, ACCEPTED) for n in missing if not n.acknowledged]
+                batch += [(n, n.status.value) for n in missing if n.status.terminal]
+                await self._write_with_retries(batch)
+        except StoreError as exc:
+            log.error("catching up acknowledgments failed; the next start retries: %s", exc)
 
     async def _write_with_retries(self, batch: list[tuple[Notification, str]]) -> None:
         lines = "".join(

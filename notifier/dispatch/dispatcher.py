@@ -65,6 +65,8 @@ class Dispatcher:
     async def start(self) -> None:
         self._claiming = asyncio.create_task(self._run(), name="notifier-dispatcher")
         self._renewing = asyncio.create_task(self._renew_leases(), name="notifier-leases")
+        for task in (self._claiming, self._renewing):
+            task.add_done_callback(_report_crash)
 
     def stop_claiming(self) -> None:
         """Take no new work; sends in flight go on."""
@@ -184,6 +186,12 @@ class Dispatcher:
         else:
             self.breaker.relay_answered()
             settle(n, started_at=started_at, now=self._clock(), policy=self._policy, report=report)
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    """A loop that ends other than by cancellation is a bug: say so loudly."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.critical("%s stopped: nothing more will be sent", task.get_name(), exc_info=exc)
 
 
 def _render(n: Notification) -> bytes:
