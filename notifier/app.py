@@ -14,6 +14,7 @@ from notifier.api import health, notifications, problem
 from notifier.api.backpressure import Backpressure
 from notifier.api.idempotency import IdempotencyGuard
 from notifier.api.limits import BodySizeLimit
+from notifier.api.ratelimit import RateLimiter, RateLimitHeaders
 from notifier.api.services import Services
 from notifier.devsmtp import CaptureServer
 from notifier.dispatch.ack import AckWriter
@@ -23,6 +24,7 @@ from notifier.dispatch.policy import RetryPolicy
 from notifier.dispatch.transport import RelayConfig, SMTPTransport
 from notifier.domain import Notification
 from notifier.errors import ConfigError
+from notifier.keys import KeyRing
 from notifier.retention import Retention
 from notifier.schemas import normalize_address
 from notifier.settings import Settings
@@ -43,11 +45,12 @@ def create_app(settings: Settings) -> FastAPI:
         normalize_address(settings.sender)
     except ValueError as exc:
         raise ConfigError(f"NOTIFIER_MAIL_FROM: {exc}") from None
+    keys = KeyRing.from_settings(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            app.state.services, lifecycle = await _start(settings, stack)
+            app.state.services, lifecycle = await _start(settings, keys, stack)
             app.state.begin_shutdown = lifecycle.begin_shutdown
             try:
                 yield
@@ -65,6 +68,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(health.router)
     problem.install(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(RateLimitHeaders)
     return app
 
 
@@ -92,7 +96,9 @@ class _Lifecycle:
         self._loop.call_soon_threadsafe(self._dispatcher.stop_claiming)
 
 
-async def _start(settings: Settings, stack: AsyncExitStack) -> tuple[Services, _Lifecycle]:
+async def _start(
+    settings: Settings, keys: KeyRing, stack: AsyncExitStack
+) -> tuple[Services, _Lifecycle]:
     """Start every part in dependency order; the stack stops them in reverse."""
     if settings.dev:
         capture = CaptureServer(settings.dev_mail_dir, settings.dev_smtp_port)
@@ -155,5 +161,7 @@ async def _start(settings: Settings, stack: AsyncExitStack) -> tuple[Services, _
         relay_problem=breaker.problem,
         backpressure=Backpressure(store, settings.max_pending),
         idempotency=IdempotencyGuard(),
+        keys=keys,
+        rate_limiter=RateLimiter(settings),
     )
     return services, lifecycle

@@ -74,9 +74,12 @@ class Settings(BaseSettings):
     # Storage behaviour
     store_busy_timeout: float = Field(default=5.0, gt=0)
 
-    # Authentication
+    # Authentication and rate limits
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    api_keys_file: Path | None = None
     auth_disabled: bool = False
+    rate_limit_requests_per_minute: int = Field(default=6000, ge=1)
+    rate_limit_recipients_per_minute: int = Field(default=60000, ge=1)
 
     # Development capture server (used with --dev and `notifier dev-smtp`)
     dev_smtp_port: int = Field(default=1025, ge=1, le=65535)
@@ -155,11 +158,11 @@ class Settings(BaseSettings):
             )
         _ = self.sender
         _ = self.sqlite_path
-        if not self.api_keys and not self.auth_disabled and not self.dev:
+        if not self.has_keys and not self.auth_disabled and not self.dev:
             raise ConfigError(
-                "no API keys: set NOTIFIER_API_KEYS=key1,key2 (callers send "
-                "`Authorization: Bearer <key>`), or NOTIFIER_AUTH_DISABLED=true "
-                "to run without authentication on purpose"
+                "no API keys: set NOTIFIER_API_KEYS=key1,key2 or NOTIFIER_API_KEYS_FILE "
+                "(callers send `Authorization: Bearer <key>`), or "
+                "NOTIFIER_AUTH_DISABLED=true to run without authentication on purpose"
             )
 
     @property
@@ -168,8 +171,12 @@ class Settings(BaseSettings):
         return self.message_lifetime + 24 * 3600.0
 
     @property
+    def has_keys(self) -> bool:
+        return bool(self.api_keys) or self.api_keys_file is not None
+
+    @property
     def auth_required(self) -> bool:
-        return bool(self.api_keys) and not self.auth_disabled
+        return self.has_keys and not self.auth_disabled
 
     def masked(self) -> dict[str, object]:
         """Effective settings for display, secrets replaced by asterisks."""

@@ -1,38 +1,42 @@
-"""Bearer API keys, compared in constant time."""
+"""Who is calling: bearer API keys, compared as digests in constant time, then rate-limited."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from notifier.api.problem import ApiError
+from notifier.api.ratelimit import STATE_KEY
 from notifier.api.services import ServicesDep
+from notifier.keys import ApiKey
 
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
-def key_fingerprint(key: str) -> str:
-    """Who a key is, without keeping the key: stored as a notification's owner."""
-    return hashlib.sha256(key.encode()).hexdigest()[:16]
+def authenticate(request: Request, services: ServicesDep) -> ApiKey | None:
+    """The caller's key (``None`` when authentication is off), after one rate-limit token."""
+    caller = _identify(request, services)
+    headers = services.rate_limiter.request(caller)
+    request.scope.setdefault("state", {})[STATE_KEY] = headers
+    return caller
 
 
-def authenticate(request: Request, services: ServicesDep) -> str | None:
-    """The caller's key fingerprint, or ``None`` when authentication is off."""
-    settings = services.settings
-    if not settings.auth_required:
+def _identify(request: Request, services: ServicesDep) -> ApiKey | None:
+    if not services.settings.auth_required:
         return None
     scheme, _, presented = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not presented:
         raise ApiError(401, "unauthorized", "send `Authorization: Bearer <API key>`", CHALLENGE)
-    matched = False
-    for key in settings.api_keys:
-        matched |= hmac.compare_digest(presented.encode(), key.get_secret_value().encode())
-    if not matched:
+    key = services.keys.match(presented.strip())
+    if key is None:
         raise ApiError(401, "unauthorized", "unknown API key", CHALLENGE)
-    return key_fingerprint(presented)
+    return key
 
 
-CallerDep = Annotated[str | None, Depends(authenticate)]
+def owner_of(caller: ApiKey | None) -> str | None:
+    """What a caller's notifications are stored under; ``None`` sees everything."""
+    return caller.owner if caller else None
+
+
+CallerDep = Annotated[ApiKey | None, Depends(authenticate)]

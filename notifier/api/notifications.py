@@ -6,10 +6,10 @@ import json
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, BackgroundTasks, Header, Query
+from fastapi import APIRouter, BackgroundTasks, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse
 
-from notifier.api.auth import CallerDep
+from notifier.api.auth import CallerDep, owner_of
 from notifier.api.idempotency import checked_key, request_hash
 from notifier.api.problem import ApiError
 from notifier.api.services import Services, ServicesDep
@@ -20,6 +20,7 @@ from notifier.domain import (
     NotificationStatus,
     new_id,
 )
+from notifier.keys import ApiKey, sender_allowed
 from notifier.message import message_id_for
 from notifier.schemas import (
     ErrorBody,
@@ -56,9 +57,19 @@ IdempotencyKey = Annotated[
 ]
 
 
+def require_json(request: Request) -> None:
+    """``415`` unless the body is declared JSON (``application/json`` or ``+json``)."""
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        raise ApiError(
+            415, "unsupported_media_type", "send the notification as `application/json`"
+        )
+
+
 @router.post(
     "",
     status_code=202,
+    dependencies=[Depends(require_json)],
     response_model=NotificationAccepted,
     summary="Accept a notification for delivery",
     responses={
@@ -67,6 +78,7 @@ IdempotencyKey = Annotated[
         403: {"model": ErrorBody, "description": "`from` is not an allowed sender."},
         409: {"model": ErrorBody, "description": "Same key, first request still in progress."},
         413: {"model": ErrorBody, "description": "The request body is too large."},
+        415: {"model": ErrorBody, "description": "The body is not `application/json`."},
         503: {
             "model": ErrorBody,
             "description": "Shutting down, too many undelivered notifications, or the store "
@@ -95,10 +107,11 @@ async def create_notification(
             "too_many_recipients",
             f"{count} recipients; at most {settings.max_recipients} per notification",
         )
-    sender = _sender(body.sender, settings)
+    sender = _sender(body.sender, settings, caller)
+    services.rate_limiter.recipients(caller, count)
     if key is None:
         return await _admit(body, sender, services, caller, background, None)
-    owner = caller or ""
+    owner = owner_of(caller) or ""
     services.idempotency.claim(owner, key)
     try:
         digest = request_hash(body.model_dump_json(by_alias=True))
@@ -114,7 +127,7 @@ async def _admit(
     body: NotificationRequest,
     sender: Address,
     services: Services,
-    caller: str | None,
+    caller: ApiKey | None,
     background: BackgroundTasks,
     idempotency: tuple[str, str, str] | None,
 ) -> JSONResponse:
@@ -147,7 +160,7 @@ async def _admit(
         updated_at=now,
         expires_at=now + settings.message_lifetime,
         metadata=body.metadata,
-        owner=caller,
+        owner=owner_of(caller),
     )
     location = f"{router.prefix}/{notification_id}"
     answer = accepted_body(notification, location)
@@ -194,9 +207,7 @@ async def get_notification(
     notification_id: str, services: ServicesDep, caller: CallerDep
 ) -> JSONResponse:
     """State, per-recipient results, every attempt, and whether it was acknowledged."""
-    notification = await services.store.get(notification_id)
-    if notification is None:
-        raise ApiError(404, "not_found", f"no notification {notification_id}")
+    notification = await _owned(services, notification_id, caller)
     return JSONResponse(status_body(notification))
 
 
@@ -216,7 +227,9 @@ async def list_notifications(
     ] = None,
 ) -> JSONResponse:
     """Page through notifications; follow ``next_cursor`` until it is ``null``."""
-    found = await services.store.page(status=status, limit=limit + 1, before_id=cursor)
+    found = await services.store.page(
+        status=status, limit=limit + 1, before_id=cursor, owner=owner_of(caller)
+    )
     items = found[:limit]
     next_cursor = items[-1].id if len(found) > limit else None
     return JSONResponse({"items": [status_body(n) for n in items], "next_cursor": next_cursor})
@@ -236,9 +249,10 @@ async def cancel_notification(
     notification_id: str, services: ServicesDep, caller: CallerDep
 ) -> JSONResponse:
     """Cancel a ``queued`` or ``deferred`` notification; answers its status document."""
+    await _owned(services, notification_id, caller)
     cancelled, notification = await services.store.cancel(notification_id, now=time.time())
     if notification is None:
-        raise ApiError(404, "not_found", f"no notification {notification_id}")
+        raise _not_found(notification_id)
     if not cancelled:
         raise ApiError(
             409,
@@ -265,13 +279,14 @@ async def retry_notification(
     notification_id: str, services: ServicesDep, caller: CallerDep
 ) -> JSONResponse:
     """Recipients not yet reached get a fresh attempt budget and message lifetime."""
+    await _owned(services, notification_id, caller)
     now = time.time()
     expires_at = now + services.settings.message_lifetime
     requeued, notification = await services.store.requeue(
         notification_id, now=now, expires_at=expires_at
     )
     if notification is None:
-        raise ApiError(404, "not_found", f"no notification {notification_id}")
+        raise _not_found(notification_id)
     if not requeued:
         raise ApiError(
             409,
@@ -284,18 +299,35 @@ async def retry_notification(
     return JSONResponse(status_body(notification), 202, headers={"Location": location})
 
 
-def _sender(requested: str | NamedAddress | None, settings: Settings) -> Address:
-    """The From address: the default, or one the settings allow (``403`` otherwise)."""
+async def _owned(services: Services, notification_id: str, caller: ApiKey | None) -> Notification:
+    """The notification, if it exists and this caller created it; ``404`` otherwise alike."""
+    notification = await services.store.get(notification_id)
+    owner = owner_of(caller)
+    if notification is None or (owner is not None and notification.owner != owner):
+        raise _not_found(notification_id)
+    return notification
+
+
+def _not_found(notification_id: str) -> ApiError:
+    return ApiError(404, "not_found", f"no notification {notification_id}")
+
+
+def _sender(
+    requested: str | NamedAddress | None, settings: Settings, caller: ApiKey | None
+) -> Address:
+    """The From address: the default, or one this key (or else the settings) allows."""
     if requested is None:
         return Address(settings.sender)
     address = to_address(requested)
-    wanted = address.address.lower()
-    domain = wanted.rpartition("@")[2]
-    allowed = {settings.sender.lower(), *(s.lower() for s in settings.allowed_senders)}
-    if wanted in allowed or domain in allowed or f"@{domain}" in allowed:
+    per_key = caller.may_send_as(address.address) if caller else None
+    allowed = (
+        per_key
+        if per_key is not None
+        else sender_allowed(address.address, [settings.sender, *settings.allowed_senders])
+    )
+    if allowed:
         return address
+    rule = "this API key's senders" if per_key is not None else "NOTIFIER_ALLOWED_SENDERS"
     raise ApiError(
-        403,
-        "sender_not_allowed",
-        f"{address.address} is not an allowed sender (see NOTIFIER_ALLOWED_SENDERS)",
+        403, "sender_not_allowed", f"{address.address} is not an allowed sender (see {rule})"
     )

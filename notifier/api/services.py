@@ -10,7 +10,9 @@ from fastapi import Depends, Request
 
 from notifier.api.backpressure import Backpressure
 from notifier.api.idempotency import IdempotencyGuard
+from notifier.api.ratelimit import RateLimiter
 from notifier.domain import Notification
+from notifier.keys import KeyRing
 from notifier.settings import Settings
 from notifier.store import Store
 
@@ -29,6 +31,8 @@ class Services:
     relay_problem: Callable[[], str | None]
     backpressure: Backpressure
     idempotency: IdempotencyGuard
+    keys: KeyRing
+    rate_limiter: RateLimiter
 
 
 def get_services(request: Request) -> Services:

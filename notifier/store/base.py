@@ -47,9 +47,14 @@ class Store(Protocol):
     async def get(self, notification_id: str) -> Notification | None: ...
 
     async def page(
-        self, *, status: NotificationStatus | None, limit: int, before_id: str | None
+        self,
+        *,
+        status: NotificationStatus | None,
+        limit: int,
+        before_id: str | None,
+        owner: str | None = None,
     ) -> list[Notification]:
-        """Newest first, ids strictly below ``before_id`` when given."""
+        """Newest first, ids strictly below ``before_id``, only ``owner``'s when given."""
 
     async def claim(
         self, *, owner: str, now: float, lease_until: float, limit: int

@@ -76,6 +76,7 @@ CREATE INDEX IF NOT EXISTS idempotency_keys_expiry ON idempotency_keys (expires_
 CREATE INDEX IF NOT EXISTS notifications_due
     ON notifications (visible_at) WHERE visible_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS notifications_status ON notifications (status, id);
+CREATE INDEX IF NOT EXISTS notifications_owner ON notifications (owner, id);
 CREATE INDEX IF NOT EXISTS notifications_unacknowledged
     ON notifications (id) WHERE ack_accepted = 0 OR ack_final = 0;
 """
@@ -246,9 +247,17 @@ class SQLiteStore:
         return None if row is None else _from_row(row)
 
     async def page(
-        self, *, status: NotificationStatus | None, limit: int, before_id: str | None
+        self,
+        *,
+        status: NotificationStatus | None,
+        limit: int,
+        before_id: str | None,
+        owner: str | None = None,
     ) -> list[Notification]:
         clauses, params = [], []
+        if owner is not None:
+            clauses.append("owner = ?")
+            params.append(owner)
         if status is not None:
             clauses.append("status = ?")
             params.append(status.value)
