@@ -10,7 +10,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from fastapi import FastAPI
 
 from notifier import __version__
-from notifier.api import health, notifications, problem
+from notifier.api import health, metrics, notifications, problem
 from notifier.api.backpressure import Backpressure
 from notifier.api.idempotency import IdempotencyGuard
 from notifier.api.limits import BodySizeLimit
@@ -21,10 +21,12 @@ from notifier.dispatch.ack import AckWriter
 from notifier.dispatch.breaker import RelayBreaker
 from notifier.dispatch.dispatcher import Dispatcher
 from notifier.dispatch.policy import RetryPolicy
+from notifier.dispatch.relay import RelayMonitor
 from notifier.dispatch.transport import RelayConfig, SMTPTransport
 from notifier.domain import Notification
 from notifier.errors import ConfigError
 from notifier.keys import KeyRing
+from notifier.metrics import Metrics
 from notifier.retention import Retention
 from notifier.schemas import normalize_address
 from notifier.settings import Settings
@@ -66,6 +68,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.include_router(notifications.router)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     problem.install(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(RateLimitHeaders)
@@ -109,6 +112,7 @@ async def _start(
     stack.push_async_callback(store.close)
     # One process owns the database file, so nothing else can still be sending.
     await store.release_leases(now=time.time())
+    metrics = Metrics()
     retention = Retention(store, clock=time.time)
     await retention.start()
     stack.push_async_callback(retention.stop)
@@ -118,6 +122,7 @@ async def _start(
         clock=time.time,
         retry_initial=min(ACK_RETRY_INITIAL, settings.retry_initial_delay),
         retry_max=min(ACK_RETRY_MAX, settings.retry_max_delay),
+        on_failure=metrics.ack_failures.inc,
     )
     await ack.start()
     stack.push_async_callback(ack.stop)
@@ -134,6 +139,7 @@ async def _start(
         ack,
         RetryPolicy.from_settings(settings),
         breaker,
+        metrics,
         concurrency=settings.send_concurrency,
         lease_seconds=settings.lease_seconds,
         poll_interval=settings.poll_interval,
@@ -148,6 +154,7 @@ async def _start(
 
     async def on_changed(notification: Notification) -> None:
         if notification.status.terminal:
+            metrics.ended(notification, now=time.time())
             ack.finished(notification)
         else:
             dispatcher.wake()
@@ -159,9 +166,13 @@ async def _start(
         on_changed=on_changed,
         accepting=lambda: lifecycle.accepting,
         relay_problem=breaker.problem,
+        relay_check=RelayMonitor(
+            transport, breaker, interval=settings.relay_check_interval, clock=time.monotonic
+        ).problem,
         backpressure=Backpressure(store, settings.max_pending),
         idempotency=IdempotencyGuard(),
         keys=keys,
         rate_limiter=RateLimiter(settings),
+        metrics=metrics,
     )
     return services, lifecycle

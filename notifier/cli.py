@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
 import os
 import signal
@@ -19,6 +18,7 @@ from typing import Any
 import uvicorn
 from pydantic import ValidationError
 
+from notifier import logs
 from notifier.errors import ConfigError, NotifierError
 from notifier.settings import Settings
 
@@ -99,12 +99,7 @@ def _serve(args: argparse.Namespace) -> int:
     from notifier.app import begin_shutdown, create_app
 
     settings = _settings(args)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # aiosmtpd logs every SMTP command of the capture server at INFO.
-    logging.getLogger("mail.log").setLevel(logging.WARNING)
+    logs.configure(settings)
     app = create_app(settings)
     if settings.dev:
         print(
@@ -118,6 +113,7 @@ def _serve(args: argparse.Namespace) -> int:
         port=settings.port,
         log_level=settings.log_level,
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace),
+        log_config=None,
     )
     GracefulServer(config, on_exit=lambda: begin_shutdown(app)).run()
     return 0

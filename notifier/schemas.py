@@ -246,9 +246,25 @@ class NotificationPage(BaseModel):
     next_cursor: str | None
 
 
+class ValidationIssue(BaseModel):
+    loc: str
+    msg: str
+    type: str | None
+
+
 class ErrorBody(BaseModel):
+    """Every error: a readable ``detail`` and a stable, machine-readable ``code``."""
+
     detail: str
     code: str
+    errors: list[ValidationIssue] | None = Field(
+        default=None, description="Each invalid field, for `invalid_request`."
+    )
+
+
+class ReadinessBody(BaseModel):
+    status: str
+    checks: dict[str, str]
 
 
 def iso(timestamp: float | None) -> str | None:

@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    #: ``json`` (one object a line) or ``text``; unset means text with --dev, else json.
+    log_format: Literal["json", "text"] | None = None
 
     # SMTP relay
     smtp_host: str | None = None
@@ -65,6 +67,9 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(default=900.0, gt=0)
     poll_interval: float = Field(default=1.0, gt=0)
     shutdown_grace: float = Field(default=10.0, ge=0)
+    #: /readyz connects to the relay at most this often (seconds); in between it reuses
+    #: the last answer.
+    relay_check_interval: float = Field(default=30.0, ge=0)
 
     # Limits
     max_request_bytes: int = Field(default=1024 * 1024, ge=1024)

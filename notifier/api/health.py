@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 
 from notifier.api.services import ServicesDep
 from notifier.errors import StoreError
+from notifier.schemas import ReadinessBody
 
 router = APIRouter(tags=["health"])
 
@@ -21,10 +22,15 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness: the store takes writes and the relay answers")
+@router.get(
+    "/readyz",
+    summary="Readiness: the store takes writes and the relay answers",
+    response_model=ReadinessBody,
+    responses={503: {"model": ReadinessBody, "description": "Not ready; `checks` says why."}},
+)
 async def readyz(services: ServicesDep) -> JSONResponse:
     """``503`` with an explanation per check when something is wrong."""
-    checks = {"store": await _store_check(services), "relay": _relay_check(services)}
+    checks = {"store": await _store_check(services), "relay": await _relay_check(services)}
     if not services.accepting():
         checks["shutdown"] = "shutting down: not taking new notifications"
     ready = all(value == "ok" for value in checks.values())
@@ -43,6 +49,9 @@ async def _store_check(services: ServicesDep) -> str:
     return "ok" if failure is None else f"failing: cannot commit: {failure}"
 
 
-def _relay_check(services: ServicesDep) -> str:
-    problem = services.relay_problem()
+async def _relay_check(services: ServicesDep) -> str:
+    try:
+        problem = await asyncio.wait_for(services.relay_check(), READY_TIMEOUT)
+    except TimeoutError:
+        return f"failing: no answer within {READY_TIMEOUT} s"
     return "ok" if problem is None else f"failing: {problem}"

@@ -6,7 +6,7 @@ import json
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, BackgroundTasks, Depends, Header, Query, Request
+from fastapi import APIRouter, BackgroundTasks, Depends, Header, Path, Query, Request
 from fastapi.responses import JSONResponse
 
 from notifier.api.auth import CallerDep, owner_of
@@ -38,9 +38,20 @@ from notifier.settings import Settings
 router = APIRouter(prefix="/v1/notifications", tags=["notifications"])
 
 ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+NotificationId = Annotated[
+    str,
+    Path(
+        description="The `id` from the 202 answer.",
+        openapi_examples={"id": {"value": "01a1fde9-a2eb-74e1-86b5-597eb64cdee6"}},
+    ),
+]
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "Missing or unknown API key."},
     422: {"model": ErrorBody, "description": "The request is invalid; nothing was stored."},
+    429: {
+        "model": ErrorBody,
+        "description": "Rate limit of this API key reached; retry after `Retry-After` seconds.",
+    },
 }
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorBody, "description": "No such notification."}
@@ -61,9 +72,7 @@ def require_json(request: Request) -> None:
     """``415`` unless the body is declared JSON (``application/json`` or ``+json``)."""
     media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if media_type != "application/json" and not media_type.endswith("+json"):
-        raise ApiError(
-            415, "unsupported_media_type", "send the notification as `application/json`"
-        )
+        raise ApiError(415, "unsupported_media_type", "send the notification as `application/json`")
 
 
 @router.post(
@@ -74,7 +83,7 @@ def require_json(request: Request) -> None:
     summary="Accept a notification for delivery",
     responses={
         **_ERRORS,
-        400: {"model": ErrorBody, "description": "Malformed `Idempotency-Key`."},
+        400: {"model": ErrorBody, "description": "Unparsable JSON or malformed `Idempotency-Key`."},
         403: {"model": ErrorBody, "description": "`from` is not an allowed sender."},
         409: {"model": ErrorBody, "description": "Same key, first request still in progress."},
         413: {"model": ErrorBody, "description": "The request body is too large."},
@@ -179,6 +188,7 @@ async def _admit(
     if taken is not None:
         return _replay(taken, record.request_hash if record else "")
     services.backpressure.accepted()
+    services.metrics.accepted.inc()
     background.add_task(services.on_accepted, notification)
     return JSONResponse(answer, 202, headers={"Location": location})
 
@@ -204,7 +214,7 @@ def _replay(record: IdempotencyRecord, digest: str) -> JSONResponse:
     responses={**_ERRORS, **_NOT_FOUND},
 )
 async def get_notification(
-    notification_id: str, services: ServicesDep, caller: CallerDep
+    notification_id: NotificationId, services: ServicesDep, caller: CallerDep
 ) -> JSONResponse:
     """State, per-recipient results, every attempt, and whether it was acknowledged."""
     notification = await _owned(services, notification_id, caller)
@@ -246,7 +256,7 @@ async def list_notifications(
     },
 )
 async def cancel_notification(
-    notification_id: str, services: ServicesDep, caller: CallerDep
+    notification_id: NotificationId, services: ServicesDep, caller: CallerDep
 ) -> JSONResponse:
     """Cancel a ``queued`` or ``deferred`` notification; answers its status document."""
     await _owned(services, notification_id, caller)
@@ -276,7 +286,7 @@ async def cancel_notification(
     },
 )
 async def retry_notification(
-    notification_id: str, services: ServicesDep, caller: CallerDep
+    notification_id: NotificationId, services: ServicesDep, caller: CallerDep
 ) -> JSONResponse:
     """Recipients not yet reached get a fresh attempt budget and message lifetime."""
     await _owned(services, notification_id, caller)

@@ -13,6 +13,7 @@ from notifier.api.idempotency import IdempotencyGuard
 from notifier.api.ratelimit import RateLimiter
 from notifier.domain import Notification
 from notifier.keys import KeyRing
+from notifier.metrics import Metrics
 from notifier.settings import Settings
 from notifier.store import Store
 
@@ -27,12 +28,15 @@ class Services:
     on_changed: Callable[[Notification], Awaitable[None]]
     #: Whether new notifications are taken (false while shutting down).
     accepting: Callable[[], bool]
-    #: What is wrong with the SMTP relay, or ``None`` while it answers.
+    #: The relay circuit breaker's complaint, or ``None`` while it is closed (no I/O).
     relay_problem: Callable[[], str | None]
+    #: What is wrong with the relay, probing it at most once an interval.
+    relay_check: Callable[[], Awaitable[str | None]]
     backpressure: Backpressure
     idempotency: IdempotencyGuard
     keys: KeyRing
     rate_limiter: RateLimiter
+    metrics: Metrics
 
 
 def get_services(request: Request) -> Services:

@@ -16,7 +16,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    wait_exponential_jitter,
+)
 
 from notifier.domain import Notification
 from notifier.errors import StoreError
@@ -54,6 +59,7 @@ class AckWriter:
         retry_initial: float = 0.5,
         retry_max: float = 30.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        on_failure: Callable[[], None] = lambda: None,
     ) -> None:
         self._path = path
         self._store = store
@@ -61,6 +67,7 @@ class AckWriter:
         self._queue: asyncio.Queue[tuple[Notification, str]] = asyncio.Queue()
         self._wait = wait_exponential_jitter(multiplier=retry_initial, max=retry_max)
         self._sleep = sleep
+        self._on_failure = on_failure
         self._io = ThreadPoolExecutor(1, thread_name_prefix="notifier-ack")
         self._task: asyncio.Task[None] | None = None
 
@@ -109,11 +116,7 @@ class AckWriter:
             retry=retry_if_exception_type(OSError),
             wait=self._wait,
             sleep=self._sleep,
-            before_sleep=lambda state: log.warning(
-                "acknowledgment write failed (attempt %d), retrying: %s",
-                state.attempt_number,
-                state.outcome.exception() if state.outcome else None,
-            ),
+            before_sleep=self._failed,
         )
         loop = asyncio.get_running_loop()
         async for attempt in retrying:
@@ -125,6 +128,14 @@ class AckWriter:
         for n, event in batch:
             if event == ACCEPTED:
                 n.acknowledged = True
+
+    def _failed(self, state: RetryCallState) -> None:
+        self._on_failure()
+        log.warning(
+            "acknowledgment write failed (attempt %d), retrying: %s",
+            state.attempt_number,
+            state.outcome.exception() if state.outcome else None,
+        )
 
     async def _mark_with_retries(self, accepted: list[str], final: list[str]) -> None:
         retrying = AsyncRetrying(wait=self._wait, sleep=self._sleep)

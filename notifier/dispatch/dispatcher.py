@@ -20,9 +20,10 @@ from notifier.dispatch.breaker import RelayBreaker
 from notifier.dispatch.outcome import expire, open_recipients, settle
 from notifier.dispatch.policy import RetryPolicy
 from notifier.dispatch.transport import SMTPTransport
-from notifier.domain import Notification
+from notifier.domain import Attempt, Notification
 from notifier.errors import DeliveryError, PermanentDeliveryError, StoreError
 from notifier.message import render
+from notifier.metrics import Metrics
 from notifier.store import Store
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ class Dispatcher:
         ack: AckWriter,
         policy: RetryPolicy,
         breaker: RelayBreaker,
+        metrics: Metrics,
         *,
         concurrency: int,
         lease_seconds: float,
@@ -47,6 +49,7 @@ class Dispatcher:
         self._ack = ack
         self._policy = policy
         self.breaker = breaker
+        self._metrics = metrics
         self._concurrency = concurrency
         self._lease_seconds = lease_seconds
         self._poll_interval = poll_interval
@@ -142,12 +145,16 @@ class Dispatcher:
                 log.error("renewing leases failed: %s", exc)
 
     def _spawn(self, notification: Notification) -> None:
+        if (interrupted := _interrupted_by_claim(notification)) is not None:
+            self._metrics.attempted(interrupted)
         task = asyncio.create_task(self._deliver(notification), name=f"send-{notification.id}")
         self._in_flight[task] = notification.id
+        self._metrics.in_flight.set(len(self._in_flight))
         task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._in_flight.pop(task, None)
+        self._metrics.in_flight.set(len(self._in_flight))
         self._wake.set()
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("delivery task %s crashed", task.get_name(), exc_info=exc)
@@ -167,15 +174,32 @@ class Dispatcher:
         if not recorded:
             log.warning("lost the lease on %s; its outcome was not recorded", n.id)
             return
-        log.info("notification %s attempt %d: %s", n.id, n.attempt_count, n.status.value)
+        attempt = n.attempts[-1]
+        self._metrics.attempted(attempt)
+        log.info(
+            "notification %s attempt %d: %s",
+            n.id,
+            n.attempt_count,
+            n.status.value,
+            extra={
+                "notification_id": n.id,
+                "attempt": n.attempt_count,
+                "status": n.status.value,
+                "smtp_code": attempt.smtp_code,
+                "relay_fault": attempt.relay_fault,
+                "possible_duplicate": attempt.possible_duplicate,
+            },
+        )
         if n.status.terminal:
+            self._metrics.ended(n, now=self._clock())
             self._ack.finished(n)
 
     async def _attempt(self, n: Notification, started_at: float) -> None:
         recipients = [r.address for r in open_recipients(n)]
         try:
             message = _render(n)
-            report = await self._transport.send(n.content.sender.address, recipients, message)
+            with self._metrics.send_seconds.time():
+                report = await self._transport.send(n.content.sender.address, recipients, message)
         except DeliveryError as error:
             if error.relay:
                 self.breaker.relay_failed(error)
@@ -186,6 +210,14 @@ class Dispatcher:
         else:
             self.breaker.relay_answered()
             settle(n, started_at=started_at, now=self._clock(), policy=self._policy, report=report)
+
+
+def _interrupted_by_claim(n: Notification) -> Attempt | None:
+    """The ``interrupted`` attempt the claim that handed us ``n`` has just recorded."""
+    last = n.attempts[-1] if n.attempts else None
+    if last is not None and last.outcome == "interrupted" and last.number == n.attempt_count - 1:
+        return last
+    return None
 
 
 def _report_crash(task: asyncio.Task[None]) -> None:

@@ -86,6 +86,14 @@ class SMTPTransport:
         self._release(connection)
         return report
 
+    async def probe(self) -> None:
+        """Connect, greet (STARTTLS and AUTH as configured) and quit; raises ``DeliveryError``."""
+        client = await _translated(self._connect())
+        try:
+            await _translated(client.quit(timeout=self._config.timeout))
+        finally:
+            client.close()
+
     async def close(self) -> None:
         while self._idle:
             client = self._idle.pop().client

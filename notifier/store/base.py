@@ -44,6 +44,9 @@ class Store(Protocol):
     async def count_pending(self) -> int:
         """Notifications not yet in a terminal state."""
 
+    async def oldest_due(self) -> float | None:
+        """When the longest-waiting notification that is not being sent became due."""
+
     async def get(self, notification_id: str) -> Notification | None: ...
 
     async def page(

@@ -231,6 +231,14 @@ class SQLiteStore:
 
         return await self._write(lambda c: _rewrite(c, notification_id, change))
 
+    async def oldest_due(self) -> float | None:
+        sql = (
+            "SELECT visible_at FROM notifications WHERE visible_at IS NOT NULL "
+            "AND status != 'sending' ORDER BY visible_at LIMIT 1"
+        )
+        row = await self._read(lambda c: c.execute(sql).fetchone())
+        return None if row is None else float(row[0])
+
     async def count_pending(self) -> int:
         sql = "SELECT count(*) FROM notifications WHERE visible_at IS NOT NULL"
         count: int = await self._read(lambda c: c.execute(sql).fetchone()[0])

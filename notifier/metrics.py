@@ -1,0 +1,106 @@
+"""Prometheus metrics: one registry per app, created by its lifespan (no global state)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from notifier.domain import Attempt, Notification
+
+#: Seconds; SMTP transactions on loopback take milliseconds, slow relays seconds.
+SEND_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+#: Seconds from 202 to sent; retries stretch this to hours.
+END_TO_END_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.accepted = Counter(
+            "notifier_notifications_accepted", "Notifications accepted (202).", registry=r
+        )
+        self.finished = Counter(
+            "notifier_notifications_finished",
+            "Notifications that reached a terminal status, by status and reason.",
+            ["status", "reason"],
+            registry=r,
+        )
+        self.attempts = Counter(
+            "notifier_attempts",
+            "Delivery attempts by outcome and SMTP reply class.",
+            ["outcome", "code_class"],
+            registry=r,
+        )
+        self.possible_duplicates = Counter(
+            "notifier_possible_duplicates",
+            "Attempts whose outcome is unknown: the relay may hold a copy.",
+            registry=r,
+        )
+        self.send_seconds = Histogram(
+            "notifier_send_duration_seconds",
+            "Duration of one SMTP transaction.",
+            buckets=SEND_BUCKETS,
+            registry=r,
+        )
+        self.delivery_seconds = Histogram(
+            "notifier_delivery_latency_seconds",
+            "Time from acceptance to sent (or partially sent).",
+            buckets=END_TO_END_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "notifier_queue_depth", "Notifications not yet in a terminal status.", registry=r
+        )
+        self.oldest_due_age = Gauge(
+            "notifier_oldest_due_age_seconds",
+            "How long the oldest due notification has been waiting to be claimed.",
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "notifier_sends_in_flight", "SMTP transactions in progress.", registry=r
+        )
+        self.ack_failures = Counter(
+            "notifier_ack_write_failures",
+            "Failed writes of the acknowledgment file (each is retried).",
+            registry=r,
+        )
+        self.relay_circuit_open = Gauge(
+            "notifier_relay_circuit_open",
+            "1 while the relay circuit breaker holds deliveries back.",
+            registry=r,
+        )
+
+    def attempted(self, attempt: Attempt) -> None:
+        self.attempts.labels(attempt.outcome, code_class(attempt.smtp_code)).inc()
+        if attempt.possible_duplicate:
+            self.possible_duplicates.inc()
+
+    def ended(self, n: Notification, *, now: float) -> None:
+        self.finished.labels(n.status.value, end_reason(n)).inc()
+        if n.status.value in ("sent", "partially_sent"):
+            self.delivery_seconds.observe(max(0.0, now - n.created_at))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def code_class(code: int | None) -> str:
+    """``2xx``, ``4xx``, ``5xx``, or ``none`` when there was no reply."""
+    if code is None or not 200 <= code < 600:
+        return "none"
+    return f"{code // 100}xx"
+
+
+def end_reason(n: Notification) -> str:
+    """Why a notification ended, for the ``reason`` label."""
+    last_code = n.attempts[-1].smtp_code if n.attempts else None
+    match n.status.value:
+        case "sent":
+            return "delivered"
+        case "partially_sent":
+            return "partial"
+        case "cancelled":
+            return "cancelled"
+        case "expired":
+            return "lifetime"
+    return "refused" if last_code is not None and 500 <= last_code < 600 else "retries_exhausted"
