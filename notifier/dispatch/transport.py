@@ -90,6 +90,8 @@ class SMTPTransport:
         """Connect, greet (STARTTLS and AUTH as configured) and quit; raises ``DeliveryError``."""
         client = await _translated(self._connect())
         try:
+            if client.last_ehlo_response is None:  # STARTTLS and AUTH greet already
+                await _translated(client.ehlo())
             await _translated(client.quit(timeout=self._config.timeout))
         finally:
             client.close()
