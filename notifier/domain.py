@@ -105,6 +105,12 @@ class Attempt:
 class Content:
     """What the message says; fixed once accepted."""
 
+    @property
+    def needs_smtputf8(self) -> bool:
+        """An address has a non-ASCII local part: only an SMTPUTF8 relay can carry it."""
+        mailboxes = (self.sender, *self.to, *self.cc, *self.reply_to)
+        return not all(m.address.isascii() for m in mailboxes)
+
     sender: Address
     to: tuple[Address, ...]
     cc: tuple[Address, ...] = ()

@@ -16,6 +16,8 @@ from notifier.domain import Address, Content
 
 #: CRLF line endings and 7-bit transfer encodings, so any relay takes the bytes as is.
 WIRE_POLICY = email.policy.SMTP.clone(cte_type="7bit")
+#: For internationalised addresses (RFC 6532): UTF-8 headers, sent only with SMTPUTF8.
+UTF8_POLICY = email.policy.SMTP.clone(utf8=True)
 
 
 def message_id_for(notification_id: str, sender: str) -> str:
@@ -26,7 +28,7 @@ def message_id_for(notification_id: str, sender: str) -> str:
 
 def build_message(content: Content, *, message_id: str, created_at: float) -> EmailMessage:
     """The message as sent; Bcc recipients are in the envelope only, never a header."""
-    message = EmailMessage(policy=WIRE_POLICY)
+    message = EmailMessage(policy=_policy(content))
     message["From"] = _header_address(content.sender)
     message["To"] = [_header_address(a) for a in content.to]
     if content.cc:
@@ -45,7 +47,11 @@ def build_message(content: Content, *, message_id: str, created_at: float) -> Em
 def render(content: Content, *, message_id: str, created_at: float) -> bytes:
     """The wire bytes of :func:`build_message`."""
     message = build_message(content, message_id=message_id, created_at=created_at)
-    return message.as_bytes(policy=WIRE_POLICY)
+    return message.as_bytes(policy=_policy(content))
+
+
+def _policy(content: Content) -> email.policy.EmailPolicy[EmailMessage]:
+    return UTF8_POLICY if content.needs_smtputf8 else WIRE_POLICY
 
 
 def _set_body(message: EmailMessage, content: Content) -> None:
@@ -59,4 +65,5 @@ def _set_body(message: EmailMessage, content: Content) -> None:
 
 
 def _header_address(address: Address) -> HeaderAddress:
-    return HeaderAddress(display_name=address.name or "", addr_spec=address.address)
+    username, _, domain = address.address.rpartition("@")
+    return HeaderAddress(display_name=address.name or "", username=username, domain=domain)

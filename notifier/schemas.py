@@ -63,15 +63,18 @@ def _body_safe(value: str) -> str:
 
 @lru_cache(maxsize=8192)
 def normalize_address(value: str) -> str:
-    """One bare mailbox, RFC 5321 lengths, IDNA domain; raises ``ValueError``."""
+    """One bare mailbox, RFC 5321 lengths, the domain in IDNA; raises ``ValueError``.
+
+    A non-ASCII local part is kept (it needs a relay with SMTPUTF8, RFC 6531).
+    """
     _header_safe(value)
     try:
-        checked = validate_email(value, check_deliverability=False, allow_smtputf8=False)
+        checked = validate_email(value, check_deliverability=False)
     except EmailNotValidError as exc:
         raise ValueError(f"invalid email address: {exc}") from None
     if len(checked.local_part.encode()) > MAX_LOCAL_PART_OCTETS:
         raise ValueError(f"the part before the @-sign is over {MAX_LOCAL_PART_OCTETS} octets")
-    return checked.ascii_email or checked.normalized
+    return f"{checked.local_part}@{checked.ascii_domain}"
 
 
 HeaderText = Annotated[str, AfterValidator(_header_safe)]

@@ -40,6 +40,7 @@ class Received:
     mail_from: str
     rcpt_tos: list[str]
     data: bytes
+    mail_options: list[str] = field(default_factory=list)
 
     @property
     def message(self) -> EmailMessage:
@@ -121,7 +122,12 @@ class ScriptedHandler:
             content = envelope.original_content or envelope.content
             with self._lock:
                 self.received.append(
-                    Received(envelope.mail_from, list(envelope.rcpt_tos), bytes(content))
+                    Received(
+                        envelope.mail_from,
+                        list(envelope.rcpt_tos),
+                        bytes(content),
+                        list(envelope.mail_options),
+                    )
                 )
         if reply == DROP_AFTER_ACCEPT:
             return _drop(server)
@@ -140,11 +146,13 @@ def _drop(server: Any) -> str:
 class SMTPServer:
     """A started :class:`ScriptedHandler` on a free loopback port."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, smtputf8: bool = False) -> None:
         self.handler = ScriptedHandler()
         self.host = "127.0.0.1"
         self.port = free_port()
-        self._controller = Controller(self.handler, hostname=self.host, port=self.port)
+        self._controller = Controller(
+            self.handler, hostname=self.host, port=self.port, enable_SMTPUTF8=smtputf8
+        )
 
     def start(self) -> None:
         self._controller.start()

@@ -99,10 +99,15 @@ async def test_per_key_senders_are_enforced_with_403(
             json=notification(**{"from": "ceo@example.com"}),
             headers=bearer("billing-key"),
         )
+        default_sender = await client.post(
+            "/v1/notifications", json=notification(), headers=bearer("billing-key")
+        )
 
     assert allowed.status_code == 202
     assert refused.status_code == 403
     assert refused.json()["code"] == "sender_not_allowed"
+    # The service's default sender is not one of this key's, so it must name one.
+    assert default_sender.status_code == 403
 
 
 async def test_a_key_sees_only_its_own_notifications(make_settings: MakeSettings) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 import pytest
 
-from tests.conftest import notification, post, wait_for
-from tests.smtp_server import ScriptedHandler
+from tests.conftest import MakeSettings, notification, post, running_app, wait_for
+from tests.smtp_server import ScriptedHandler, SMTPServer
 
 JSON = {"content-type": "application/json"}
 
@@ -104,8 +106,32 @@ async def test_internationalised_domain_is_sent_in_idna(
     assert smtp_handler.received[0].rcpt_tos == ["anna@xn--bcher-kva.example"]
 
 
-async def test_non_ascii_local_part_is_refused_with_a_reason(client: httpx.AsyncClient) -> None:
-    response = await client.post("/v1/notifications", json=notification(to=["jörg@example.com"]))
+async def test_non_ascii_local_part_fails_clearly_at_a_relay_without_smtputf8(
+    client: httpx.AsyncClient, smtp_handler: ScriptedHandler
+) -> None:
+    doc = await wait_for(client, await post(client, to=["jörg@example.com"]))
 
-    assert response.status_code == 422
-    assert "before the @-sign" in response.json()["detail"]
+    assert doc["status"] == "failed"
+    assert len(doc["attempts"]) == 1
+    assert "SMTPUTF8" in doc["last_error"]
+    assert smtp_handler.received == []
+
+
+async def test_non_ascii_local_part_is_sent_with_smtputf8(
+    make_settings: MakeSettings, tmp_path: Path
+) -> None:
+    relay = SMTPServer(smtputf8=True)
+    relay.start()
+    try:
+        settings = make_settings(smtp_port=relay.port)
+        async with running_app(settings) as client:
+            recipient = {"address": "jörg@bücher.example", "name": "Jörg"}
+            doc = await wait_for(client, await post(client, to=[recipient], cc=["ada@example.com"]))
+    finally:
+        relay.stop()
+
+    assert doc["status"] == "sent"
+    (received,) = relay.handler.received
+    assert received.rcpt_tos == ["jörg@xn--bcher-kva.example", "ada@example.com"]
+    assert "SMTPUTF8" in received.mail_options
+    assert "Jörg <jörg@xn--bcher-kva.example>".encode() in received.data

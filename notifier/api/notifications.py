@@ -153,7 +153,7 @@ async def _admit(
         raise ApiError(
             503,
             "too_many_pending",
-            f"more than {services.backpressure.limit} notifications await delivery; "
+            f"{services.backpressure.limit} notifications already await delivery; "
             "nothing was stored, retry later",
             {"Retry-After": RETRY_AFTER_BUSY},
         )
@@ -325,10 +325,11 @@ def _not_found(notification_id: str) -> ApiError:
 def _sender(
     requested: str | NamedAddress | None, settings: Settings, caller: ApiKey | None
 ) -> Address:
-    """The From address: the default, or one this key (or else the settings) allows."""
-    if requested is None:
-        return Address(settings.sender)
-    address = to_address(requested)
+    """The From address: the default, or one this key (or else the settings) allows.
+
+    A key limited to some senders is held to them even when it relies on the default.
+    """
+    address = Address(settings.sender) if requested is None else to_address(requested)
     per_key = caller.may_send_as(address.address) if caller else None
     allowed = (
         per_key

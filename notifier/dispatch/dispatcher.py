@@ -199,7 +199,12 @@ class Dispatcher:
         try:
             message = _render(n)
             with self._metrics.send_seconds.time():
-                report = await self._transport.send(n.content.sender.address, recipients, message)
+                report = await self._transport.send(
+                    n.content.sender.address,
+                    recipients,
+                    message,
+                    smtputf8=n.content.needs_smtputf8 or not all(map(str.isascii, recipients)),
+                )
         except DeliveryError as error:
             if error.relay:
                 self.breaker.relay_failed(error)

@@ -74,11 +74,18 @@ class SMTPTransport:
         self._config = config
         self._idle: list[_Connection] = []
 
-    async def send(self, sender: str, recipients: list[str], message: bytes) -> SendReport:
-        """One SMTP transaction; raises ``DeliveryError`` if it fails before RCPT is done."""
-        connection = await _translated(self._ready(sender))
+    async def send(
+        self, sender: str, recipients: list[str], message: bytes, *, smtputf8: bool = False
+    ) -> SendReport:
+        """One SMTP transaction; raises ``DeliveryError`` if it fails before RCPT is done.
+
+        ``smtputf8`` sends the envelope in UTF-8 (RFC 6531), refusing relays without it.
+        """
+        connection = await _translated(self._ready(sender, smtputf8=smtputf8))
         try:
-            report = await _translated(self._transact(connection, recipients, message))
+            report = await _translated(
+                self._transact(connection, recipients, message, smtputf8=smtputf8)
+            )
         except BaseException:
             # Failed or cancelled mid-transaction: this connection's state is unknown.
             connection.client.close()
@@ -105,27 +112,29 @@ class SMTPTransport:
                 client.close()
 
     async def _transact(
-        self, connection: _Connection, recipients: list[str], message: bytes
+        self, connection: _Connection, recipients: list[str], message: bytes, *, smtputf8: bool
     ) -> SendReport:
         client = connection.client
         report = SendReport()
+        encoding = "utf-8" if smtputf8 else "ascii"
         for address in recipients:
             try:
-                reply = await client.rcpt(address)
+                reply = await client.rcpt(address, encoding=encoding)
             except aiosmtplib.SMTPRecipientRefused as exc:
                 report.recipients[address] = Reply(exc.code, exc.message)
             else:
                 report.recipients[address] = Reply(reply.code, reply.message)
         if not any(200 <= r.code < 300 for r in report.recipients.values()):
-            await client.rset()
+            await _reset(client)
             return report
         try:
             reply = await client.data(message, timeout=self._config.data_timeout)
         except aiosmtplib.SMTPDataError as exc:
+            # A reply code, so the outcome is known, even if the relay hangs up next.
             report.data_error = reply_error(exc.code, exc.message, stage="DATA")
-            await client.rset()
-        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError) as exc:
-            # The body goes out right after 354: from here on the relay may have it.
+            await _reset(client)
+        except aiosmtplib.SMTPException as exc:
+            # Lost, timed out or garbled after the body went out: the relay may have it.
             client.close()
             report.data_error = TransientDeliveryError(
                 f"DATA: outcome unknown, {exc}; retrying under the same Message-ID",
@@ -137,7 +146,7 @@ class SMTPTransport:
         connection.messages += 1
         return report
 
-    async def _ready(self, sender: str) -> _Connection:
+    async def _ready(self, sender: str, *, smtputf8: bool) -> _Connection:
         """A connection on which MAIL FROM has been accepted.
 
         An idle connection may have been closed by the relay meanwhile; that costs
@@ -146,7 +155,7 @@ class SMTPTransport:
         if self._idle:
             connection = self._idle.pop()
             try:
-                await connection.client.mail(sender)
+                await _mail(connection.client, sender, smtputf8=smtputf8)
             except aiosmtplib.SMTPServerDisconnected:
                 connection.client.close()
             except BaseException:
@@ -156,7 +165,7 @@ class SMTPTransport:
                 return connection
         connection = _Connection(await self._connect())
         try:
-            await connection.client.mail(sender)
+            await _mail(connection.client, sender, smtputf8=smtputf8)
         except BaseException:
             connection.client.close()
             raise
@@ -186,10 +195,35 @@ class SMTPTransport:
             self._idle.append(connection)
 
 
+async def _reset(client: aiosmtplib.SMTP) -> None:
+    """RSET after a refusal; a relay that hung up instead just loses the connection."""
+    try:
+        await client.rset()
+    except (aiosmtplib.SMTPException, OSError):
+        client.close()
+
+
+async def _mail(client: aiosmtplib.SMTP, sender: str, *, smtputf8: bool) -> None:
+    """MAIL FROM, with the SMTPUTF8 parameter when the envelope needs it."""
+    if not smtputf8:
+        await client.mail(sender)
+        return
+    if client.last_ehlo_response is None:
+        await client.ehlo()
+    if not client.supports_extension("smtputf8"):
+        raise PermanentDeliveryError(
+            "MAIL FROM: the relay does not offer SMTPUTF8, needed for an address with "
+            "non-ASCII characters before the @-sign"
+        )
+    await client.mail(sender, options=["SMTPUTF8"], encoding="utf-8")
+
+
 async def _translated(step: Awaitable[T]) -> T:
     """Await ``step``, turning aiosmtplib's and the socket's failures into notifier's."""
     try:
         return await step
+    except DeliveryError:
+        raise
     except (aiosmtplib.SMTPException, OSError, ValueError, UnicodeError) as exc:
         raise translate(exc) from exc
 

@@ -365,7 +365,7 @@ class SQLiteStore:
     def _run_read(self, job: Callable[[sqlite3.Connection], T]) -> T:
         connection: sqlite3.Connection | None = getattr(self._read_local, "connection", None)
         if connection is None:
-            connection = _connect(self.path)
+            connection = _connect(self.path, self._busy_timeout)
             connection.execute("PRAGMA query_only = ON")
             self._read_local.connection = connection
             with self._read_connections_lock:
