@@ -113,7 +113,7 @@ async def _start(
     # One process owns the database file, so nothing else can still be sending.
     await store.release_leases(now=time.time())
     metrics = Metrics()
-    retention = Retention(store, clock=time.time)
+    retention = Retention(store, keep=settings.retention, clock=time.time)
     await retention.start()
     stack.push_async_callback(retention.stop)
     ack = AckWriter(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from notifier.errors import StoreError
 from notifier.store import Store
@@ -16,12 +16,19 @@ INTERVAL_SECONDS = 60.0
 
 
 class Retention:
-    """Purges idempotency keys past their window (the message lifetime plus a day)."""
+    """Purges finished notifications older than ``keep`` seconds (once their final
+    acknowledgment line is written) and idempotency keys past their window."""
 
     def __init__(
-        self, store: Store, *, clock: Callable[[], float], interval: float = INTERVAL_SECONDS
+        self,
+        store: Store,
+        *,
+        keep: float,
+        clock: Callable[[], float],
+        interval: float = INTERVAL_SECONDS,
     ) -> None:
         self._store = store
+        self._keep = keep
         self._clock = clock
         self._interval = interval
         self._task: asyncio.Task[None] | None = None
@@ -34,20 +41,32 @@ class Retention:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
-    async def purge_once(self) -> int:
-        """Purge until nothing is due; small batches keep each write transaction short."""
-        total = 0
-        while (purged := await self._store.purge_idempotency(now=self._clock(), limit=BATCH)) > 0:
-            total += purged
-            if purged < BATCH:
-                break
-        return total
+    async def purge_once(self) -> tuple[int, int]:
+        """Purge until nothing is due: (notifications, keys) removed.
+
+        Small batches keep each write transaction, and so each pause of other
+        writers, short.
+        """
+        before = self._clock() - self._keep
+        notifications = await _drain(lambda: self._store.purge_finished(before=before, limit=BATCH))
+        keys = await _drain(lambda: self._store.purge_idempotency(now=self._clock(), limit=BATCH))
+        return notifications, keys
 
     async def _run(self) -> None:
         while True:
             try:
-                if purged := await self.purge_once():
-                    log.info("forgot %d expired idempotency keys", purged)
+                notifications, keys = await self.purge_once()
+                if notifications or keys:
+                    log.info("purged %d notifications and %d keys", notifications, keys)
             except StoreError as exc:
                 log.error("retention pass failed: %s", exc)
             await asyncio.sleep(self._interval)
+
+
+async def _drain(purge: Callable[[], Awaitable[int]]) -> int:
+    total = 0
+    while (purged := await purge()) > 0:
+        total += purged
+        if purged < BATCH:
+            break
+    return total

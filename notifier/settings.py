@@ -78,6 +78,8 @@ class Settings(BaseSettings):
 
     # Storage behaviour
     store_busy_timeout: float = Field(default=5.0, gt=0)
+    #: Seconds a finished notification is kept (for status look-ups) before it is purged.
+    retention: float = Field(default=30 * 24 * 3600.0, gt=0)
 
     # Authentication and rate limits
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)

@@ -127,9 +127,9 @@ async def test_keys_are_forgotten_after_their_window(make_settings: MakeSettings
     await store.open()
     try:
         window = settings.idempotency_window
-        kept = await Retention(store, clock=lambda: 0.0).purge_once()
-        later = Retention(store, clock=lambda: 2e9 + window)
-        purged = await later.purge_once()
+        (_, kept) = await Retention(store, keep=1e12, clock=lambda: 0.0).purge_once()
+        later = Retention(store, keep=1e12, clock=lambda: 2e9 + window)
+        (_, purged) = await later.purge_once()
         remaining = await store.find_idempotency("", "k-5")
     finally:
         await store.close()

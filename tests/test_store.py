@@ -237,3 +237,29 @@ async def test_closed_store_refuses_work(tmp_path: Path) -> None:
 
     with pytest.raises(StoreError):
         await closed.add(make_notification())
+
+
+async def test_retention_purges_only_old_finished_and_acknowledged_notifications(
+    store: SQLiteStore,
+) -> None:
+    from notifier.retention import Retention
+
+    old_done, old_unacked, old_pending, recent_done = (make_notification() for _ in range(4))
+    for n in (old_done, old_unacked, old_pending, recent_done):
+        await store.add(n)
+    claimed = {
+        c.id: c for c in await store.claim(owner="a", now=NOW, lease_until=NOW + LEASE, limit=4)
+    }
+    for n, finished_at in ((old_done, NOW), (old_unacked, NOW), (recent_done, NOW + 900)):
+        finished = claimed[n.id]
+        finished.status = NotificationStatus.SENT
+        finished.updated_at = finished_at
+        await store.finish_attempt(finished, lease_owner="a")
+    await store.mark_acknowledged(accepted=[], final=[old_done.id, recent_done.id])
+
+    purged = await Retention(store, keep=600, clock=lambda: NOW + 1000).purge_once()
+
+    assert purged == (1, 0)
+    assert await store.get(old_done.id) is None
+    for kept in (old_unacked, old_pending, recent_done):
+        assert await store.get(kept.id) is not None

@@ -33,6 +33,10 @@ class Store(Protocol):
     async def purge_idempotency(self, *, now: float, limit: int) -> int:
         """Forget up to ``limit`` keys past their expiry; returns how many."""
 
+    async def purge_finished(self, *, before: float, limit: int) -> int:
+        """Delete up to ``limit`` finished, fully acknowledged notifications last changed
+        before ``before``; returns how many."""
+
     async def cancel(self, notification_id: str, *, now: float) -> tuple[bool, Notification | None]:
         """Cancel if still queued or deferred; returns (cancelled, the notification as it is)."""
 

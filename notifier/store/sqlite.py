@@ -77,6 +77,8 @@ CREATE INDEX IF NOT EXISTS notifications_due
     ON notifications (visible_at) WHERE visible_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS notifications_status ON notifications (status, id);
 CREATE INDEX IF NOT EXISTS notifications_owner ON notifications (owner, id);
+CREATE INDEX IF NOT EXISTS notifications_finished
+    ON notifications (updated_at) WHERE visible_at IS NULL;
 CREATE INDEX IF NOT EXISTS notifications_unacknowledged
     ON notifications (id) WHERE ack_accepted = 0 OR ack_final = 0;
 """
@@ -207,6 +209,15 @@ class SQLiteStore:
             "FROM idempotency_keys WHERE expires_at < ? ORDER BY expires_at LIMIT ?)"
         )
         purged: int = await self._write(lambda c: c.execute(sql, (now, limit)).rowcount)
+        return purged
+
+    async def purge_finished(self, *, before: float, limit: int) -> int:
+        sql = (
+            "DELETE FROM notifications WHERE id IN (SELECT id FROM notifications "
+            "WHERE visible_at IS NULL AND updated_at < ? AND ack_final = 1 "
+            "ORDER BY updated_at LIMIT ?)"
+        )
+        purged: int = await self._write(lambda c: c.execute(sql, (before, limit)).rowcount)
         return purged
 
     async def cancel(self, notification_id: str, *, now: float) -> tuple[bool, Notification | None]:
