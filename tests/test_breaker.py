@@ -84,7 +84,7 @@ def test_failed_probes_back_off_longer_up_to_the_maximum() -> None:
 
     assert waits[1] >= 2.0
     assert waits[2] >= 4.0
-    assert max(waits) <= 8.0
+    assert max(waits) <= 8.0 + 1e-9  # the clock accumulates float sums
 
 
 def test_probe_abandoned_before_reaching_the_relay_lets_another_go() -> None:
