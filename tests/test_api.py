@@ -247,3 +247,27 @@ async def test_openapi_documents_every_route(client: httpx.AsyncClient) -> None:
     }
     post_op = schema["paths"]["/v1/notifications"]["post"]
     assert {"202", "403", "413", "422", "503"} <= set(post_op["responses"])
+
+
+async def test_every_route_has_a_summary_and_every_error_a_documented_body(
+    client: httpx.AsyncClient,
+) -> None:
+    schema = (await client.get("/openapi.json")).json()
+
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            assert operation.get("summary"), f"{method} {path}"
+            for status, response in operation["responses"].items():
+                if status.startswith(("4", "5")):
+                    body = response["content"]["application/json"]["schema"]
+                    assert body["$ref"].endswith(("/ErrorBody", "/ReadinessBody")), (
+                        f"{method} {path} {status}"
+                    )
+    v1 = [
+        operation
+        for path, operations in schema["paths"].items()
+        if path.startswith("/v1/")
+        for operation in operations.values()
+    ]
+    for operation in v1:
+        assert {"401", "422", "429"} <= set(operation["responses"])
