@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, BackgroundTasks, Depends, Header, Path, Query, Request
@@ -259,18 +260,14 @@ async def cancel_notification(
     notification_id: NotificationId, services: ServicesDep, caller: CallerDep
 ) -> JSONResponse:
     """Cancel a ``queued`` or ``deferred`` notification; answers its status document."""
-    await _owned(services, notification_id, caller)
-    cancelled, notification = await services.store.cancel(notification_id, now=time.time())
-    if notification is None:
-        raise _not_found(notification_id)
-    if not cancelled:
-        raise ApiError(
-            409,
-            "not_cancellable",
-            f"notification {notification_id} is {notification.status.value}; "
-            "only queued or deferred notifications can be cancelled",
-        )
-    await services.on_changed(notification)
+    notification = await _transition(
+        services,
+        notification_id,
+        caller,
+        lambda: services.store.cancel(notification_id, now=time.time()),
+        refusal="not_cancellable",
+        rule="only queued or deferred notifications can be cancelled",
+    )
     return JSONResponse(status_body(notification))
 
 
@@ -289,24 +286,40 @@ async def retry_notification(
     notification_id: NotificationId, services: ServicesDep, caller: CallerDep
 ) -> JSONResponse:
     """Recipients not yet reached get a fresh attempt budget and message lifetime."""
-    await _owned(services, notification_id, caller)
     now = time.time()
     expires_at = now + services.settings.message_lifetime
-    requeued, notification = await services.store.requeue(
-        notification_id, now=now, expires_at=expires_at
+    notification = await _transition(
+        services,
+        notification_id,
+        caller,
+        lambda: services.store.requeue(notification_id, now=now, expires_at=expires_at),
+        refusal="not_retryable",
+        rule="only failed or expired notifications can be retried",
     )
-    if notification is None:
-        raise _not_found(notification_id)
-    if not requeued:
-        raise ApiError(
-            409,
-            "not_retryable",
-            f"notification {notification_id} is {notification.status.value}; "
-            "only failed or expired notifications can be retried",
-        )
-    await services.on_changed(notification)
     location = f"{router.prefix}/{notification_id}"
     return JSONResponse(status_body(notification), 202, headers={"Location": location})
+
+
+async def _transition(
+    services: Services,
+    notification_id: str,
+    caller: ApiKey | None,
+    change: Callable[[], Awaitable[tuple[bool, Notification | None]]],
+    *,
+    refusal: str,
+    rule: str,
+) -> Notification:
+    """Apply an operator's change to the caller's notification: ``404``, ``409`` or done."""
+    await _owned(services, notification_id, caller)
+    changed, notification = await change()
+    if notification is None:
+        raise _not_found(notification_id)
+    if not changed:
+        raise ApiError(
+            409, refusal, f"notification {notification_id} is {notification.status.value}; {rule}"
+        )
+    await services.on_changed(notification)
+    return notification
 
 
 async def _owned(services: Services, notification_id: str, caller: ApiKey | None) -> Notification:
