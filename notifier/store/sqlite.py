@@ -12,12 +12,10 @@ import asyncio
 import fcntl
 import json
 import os
-import queue
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import suppress
 from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -34,11 +32,11 @@ from notifier.domain import (
     RecipientStatus,
 )
 from notifier.errors import StoreError, StoreLockedError
+from notifier.store.writer import Writer, connect
 
 T = TypeVar("T")
 
 SCHEMA_VERSION = 1
-MAX_BATCH = 512
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS notifications (
@@ -148,7 +146,7 @@ class SQLiteStore:
         self._readers = readers
         self._busy_timeout = busy_timeout
         self._lock_file: IO[str] | None = None
-        self._writer: _Writer | None = None
+        self._writer: Writer | None = None
         self._read_pool: ThreadPoolExecutor | None = None
         self._read_local = threading.local()
         self._read_connections: list[sqlite3.Connection] = []
@@ -158,7 +156,7 @@ class SQLiteStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock_file = _take_lock(self.path)
         loop = asyncio.get_running_loop()
-        self._writer = _Writer(self.path, loop, self._busy_timeout)
+        self._writer = Writer(self.path, loop, self._busy_timeout)
         self._writer.start()
         await self._write(_migrate)
         self._read_pool = ThreadPoolExecutor(self._readers, thread_name_prefix="notifier-read")
@@ -376,120 +374,12 @@ class SQLiteStore:
     def _run_read(self, job: Callable[[sqlite3.Connection], T]) -> T:
         connection: sqlite3.Connection | None = getattr(self._read_local, "connection", None)
         if connection is None:
-            connection = _connect(self.path, self._busy_timeout)
+            connection = connect(self.path, self._busy_timeout)
             connection.execute("PRAGMA query_only = ON")
             self._read_local.connection = connection
             with self._read_connections_lock:
                 self._read_connections.append(connection)
         return job(connection)
-
-
-class _Job:
-    __slots__ = ("fn", "future")
-
-    def __init__(self, fn: Callable[[sqlite3.Connection], Any], future: asyncio.Future[Any]):
-        self.fn = fn
-        self.future = future
-
-
-class _Writer(threading.Thread):
-    """Owns the only writing connection; commits whatever has queued up as one batch."""
-
-    def __init__(self, path: Path, loop: asyncio.AbstractEventLoop, busy_timeout: float) -> None:
-        super().__init__(name="notifier-sqlite-writer", daemon=True)
-        self._path = path
-        self._loop = loop
-        self._busy_timeout = busy_timeout
-        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        #: Why the last commit failed; cleared by the next one that succeeds.
-        self.failure: str | None = None
-
-    def submit(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
-        future: asyncio.Future[T] = self._loop.create_future()
-        self._queue.put(_Job(fn, future))
-        return future
-
-    def stop(self) -> None:
-        self._queue.put(None)
-        self.join()
-
-    def run(self) -> None:
-        connection = _connect(self._path, self._busy_timeout)
-        try:
-            while (batch := self._next_batch()) is not None:
-                results, self.failure = _commit(connection, batch)
-                self._loop.call_soon_threadsafe(_settle, results)
-        finally:
-            connection.close()
-
-    def _next_batch(self) -> list[_Job] | None:
-        first = self._queue.get()
-        if first is None:
-            return None
-        batch = [first]
-        while len(batch) < MAX_BATCH:
-            try:
-                job = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if job is None:
-                self._queue.put(None)
-                break
-            batch.append(job)
-        return batch
-
-
-_Result = tuple[_Job, Any, BaseException | None]
-
-
-def _commit(connection: sqlite3.Connection, batch: list[_Job]) -> tuple[list[_Result], str | None]:
-    """Run every job in one transaction; a failing job is rolled back alone.
-
-    Returns each job's result and, if the commit itself failed, why.
-    """
-    results: list[_Result] = []
-    try:
-        connection.execute("BEGIN IMMEDIATE")
-        for job in batch:
-            connection.execute("SAVEPOINT job")
-            try:
-                value = job.fn(connection)
-            except Exception as exc:  # noqa: BLE001 - handed to the job's awaiting caller
-                connection.execute("ROLLBACK TO job")
-                if isinstance(exc, sqlite3.Error):
-                    exc = StoreError(f"database write failed: {exc}")
-                results.append((job, None, exc))
-            else:
-                results.append((job, value, None))
-            connection.execute("RELEASE job")
-        connection.execute("COMMIT")
-    except sqlite3.Error as exc:
-        with suppress(sqlite3.Error):
-            connection.execute("ROLLBACK")
-        error = StoreError(f"database commit failed: {exc}")
-        return [(job, None, error) for job in batch], str(exc)
-    return results, None
-
-
-def _settle(results: list[_Result]) -> None:
-    for job, value, error in results:
-        if job.future.done():
-            continue
-        if error is None:
-            job.future.set_result(value)
-        else:
-            job.future.set_exception(error)
-
-
-def _connect(path: Path, busy_timeout: float = 5.0) -> sqlite3.Connection:
-    connection = sqlite3.connect(
-        path, isolation_level=None, check_same_thread=False, timeout=busy_timeout
-    )
-    connection.row_factory = sqlite3.Row
-    connection.execute("PRAGMA journal_mode = WAL")
-    connection.execute("PRAGMA synchronous = FULL")
-    connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-    return connection
 
 
 def _find_key(c: sqlite3.Connection, owner: str, key: str) -> IdempotencyRecord | None:
