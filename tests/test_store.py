@@ -263,3 +263,23 @@ async def test_retention_purges_only_old_finished_and_acknowledged_notifications
     assert await store.get(old_done.id) is None
     for kept in (old_unacked, old_pending, recent_done):
         assert await store.get(kept.id) is not None
+
+
+async def test_attempts_and_recipients_read_back_whole(store: SQLiteStore) -> None:
+    from notifier.domain import Attempt
+
+    await store.add(make_notification())
+    (claimed,) = await store.claim(owner="a", now=NOW, lease_until=NOW + LEASE, limit=1)
+    claimed.status = NotificationStatus.DEFERRED
+    claimed.next_attempt_at = NOW + 60
+    claimed.recipients[0].status = RecipientStatus.SENT
+    claimed.recipients[0].smtp_code = 250
+    claimed.recipients[0].smtp_message = "2.0.0 OK"
+    claimed.attempts.append(Attempt(1, NOW, NOW + 1, "deferred", 451, "4.3.0 later", True, True))
+    await store.finish_attempt(claimed, lease_owner="a")
+
+    stored = await store.get(claimed.id)
+
+    assert stored is not None
+    assert stored.attempts == claimed.attempts
+    assert stored.recipients == claimed.recipients

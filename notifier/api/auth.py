@@ -14,8 +14,12 @@ from notifier.keys import ApiKey
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
-def authenticate(request: Request, services: ServicesDep) -> ApiKey | None:
-    """The caller's key (``None`` when authentication is off), after one rate-limit token."""
+async def authenticate(request: Request, services: ServicesDep) -> ApiKey | None:
+    """The caller's key (``None`` when authentication is off), after one rate-limit token.
+
+    ``async`` although it never awaits: FastAPI runs plain ``def`` dependencies in
+    its thread pool, a hand-off that costs more than the check itself.
+    """
     caller = _identify(request, services)
     headers = services.rate_limiter.request(caller)
     request.scope.setdefault("state", {})[STATE_KEY] = headers

@@ -69,7 +69,7 @@ IdempotencyKey = Annotated[
 ]
 
 
-def require_json(request: Request) -> None:
+async def require_json(request: Request) -> None:
     """``415`` unless the body is declared JSON (``application/json`` or ``+json``)."""
     media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if media_type != "application/json" and not media_type.endswith("+json"):

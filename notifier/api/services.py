@@ -39,7 +39,8 @@ class Services:
     metrics: Metrics
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    """``async`` so that FastAPI calls it inline, not through its thread pool."""
     services: Services = request.app.state.services
     return services
 

@@ -308,8 +308,8 @@ class SQLiteStore:
         params = {
             "id": n.id,
             "status": n.status.value,
-            "recipients": _dump([asdict(r) for r in n.recipients]),
-            "attempts": _dump([asdict(a) for a in n.attempts]),
+            "recipients": _recipients_json(n.recipients),
+            "attempts": _attempts_json(n.attempts),
             "visible_at": None if terminal else n.next_attempt_at,
             "next_attempt_at": n.next_attempt_at,
             "last_error": n.last_error,
@@ -405,7 +405,7 @@ def _rewrite(
         {
             "id": n.id,
             "status": n.status.value,
-            "recipients": _dump([asdict(r) for r in n.recipients]),
+            "recipients": _recipients_json(n.recipients),
             "visible_at": None if terminal else n.updated_at,
             "expires_at": n.expires_at,
             "last_error": n.last_error,
@@ -457,14 +457,67 @@ def _address(value: dict[str, Any]) -> Address:
     return Address(value["address"], value.get("name"))
 
 
+def _content_json(c: Content) -> str:
+    """Written by hand: ``dataclasses.asdict`` deep-copies, and this is on the hot path."""
+    return _dump(
+        {
+            "sender": _address_dict(c.sender),
+            "to": [_address_dict(a) for a in c.to],
+            "cc": [_address_dict(a) for a in c.cc],
+            "reply_to": [_address_dict(a) for a in c.reply_to],
+            "subject": c.subject,
+            "text": c.text,
+            "html": c.html,
+            "headers": c.headers,
+        }
+    )
+
+
+def _address_dict(a: Address) -> dict[str, str | None]:
+    return {"address": a.address, "name": a.name}
+
+
+def _recipients_json(recipients: list[Recipient]) -> str:
+    return _dump(
+        [
+            {
+                "address": r.address,
+                "kind": r.kind.value,
+                "status": r.status.value,
+                "smtp_code": r.smtp_code,
+                "smtp_message": r.smtp_message,
+            }
+            for r in recipients
+        ]
+    )
+
+
+def _attempts_json(attempts: list[Attempt]) -> str:
+    return _dump(
+        [
+            {
+                "number": a.number,
+                "started_at": a.started_at,
+                "finished_at": a.finished_at,
+                "outcome": a.outcome,
+                "smtp_code": a.smtp_code,
+                "message": a.message,
+                "relay_fault": a.relay_fault,
+                "possible_duplicate": a.possible_duplicate,
+            }
+            for a in attempts
+        ]
+    )
+
+
 def _to_row(n: Notification) -> dict[str, Any]:
     content = n.content
     return {
         "id": n.id,
         "owner": n.owner,
         "status": n.status.value,
-        "content": _dump(asdict(content)),
-        "recipients": _dump([asdict(r) for r in n.recipients]),
+        "content": _content_json(content),
+        "recipients": _recipients_json(n.recipients),
         "metadata": _dump(n.metadata),
         "message_id": n.message_id,
         "created_at": n.created_at,
