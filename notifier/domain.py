@@ -5,7 +5,7 @@ Times are UNIX epoch seconds (floats); the web layer renders them as ISO 8601.
 
 from __future__ import annotations
 
-import os
+import random
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -187,6 +187,7 @@ def new_id() -> str:
     """
     millis, nanos = divmod(time.time_ns(), 1_000_000)
     fraction = nanos * 4096 // 1_000_000
-    random_bits = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+    # Ids are not secrets (a key sees only its own), so no syscall for their randomness.
+    random_bits = random.getrandbits(62)
     value = (millis << 80) | (0x7 << 76) | (fraction << 64) | (0b10 << 62) | random_bits
     return str(uuid.UUID(int=value))

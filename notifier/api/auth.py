@@ -8,25 +8,26 @@ from fastapi import Depends, Request
 
 from notifier.api.problem import ApiError
 from notifier.api.ratelimit import STATE_KEY
-from notifier.api.services import ServicesDep
+from notifier.api.services import Services, services_of
 from notifier.keys import ApiKey
 
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
-async def authenticate(request: Request, services: ServicesDep) -> ApiKey | None:
+async def authenticate(request: Request) -> ApiKey | None:
     """The caller's key (``None`` when authentication is off), after one rate-limit token.
 
     ``async`` although it never awaits: FastAPI runs plain ``def`` dependencies in
     its thread pool, a hand-off that costs more than the check itself.
     """
+    services = services_of(request)
     caller = _identify(request, services)
     headers = services.rate_limiter.request(caller)
     request.scope.setdefault("state", {})[STATE_KEY] = headers
     return caller
 
 
-def _identify(request: Request, services: ServicesDep) -> ApiKey | None:
+def _identify(request: Request, services: Services) -> ApiKey | None:
     if not services.settings.auth_required:
         return None
     scheme, _, presented = request.headers.get("authorization", "").partition(" ")

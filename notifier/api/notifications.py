@@ -8,12 +8,12 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, BackgroundTasks, Depends, Header, Path, Query, Request
-from fastapi.responses import JSONResponse
 
 from notifier.api.auth import CallerDep, owner_of
 from notifier.api.idempotency import checked_key, request_hash
 from notifier.api.problem import ApiError
-from notifier.api.services import Services, ServicesDep
+from notifier.api.responses import JSON
+from notifier.api.services import Services, ServicesDep, services_of
 from notifier.domain import (
     Address,
     IdempotencyRecord,
@@ -98,16 +98,18 @@ async def require_json(request: Request) -> None:
 )
 async def create_notification(
     body: NotificationRequest,
-    services: ServicesDep,
+    request: Request,
     caller: CallerDep,
     background: BackgroundTasks,
     idempotency_key: IdempotencyKey = None,
-) -> JSONResponse:
+) -> JSON:
     """Validate, commit to the store, answer ``202``; delivery happens in the background.
 
     With an ``Idempotency-Key``, the same key and body answer the original ``202``
     again (``Idempotent-Replayed: true``); the same key with another body is ``422``.
     """
+    # The hot path: services read directly, as each FastAPI dependency costs time.
+    services = services_of(request)
     key = checked_key(idempotency_key)
     settings = services.settings
     count = len(body.to) + len(body.cc) + len(body.bcc)
@@ -140,7 +142,7 @@ async def _admit(
     caller: ApiKey | None,
     background: BackgroundTasks,
     idempotency: tuple[str, str, str] | None,
-) -> JSONResponse:
+) -> JSON:
     """Store a new notification (with its key, in the same transaction) and answer 202."""
     settings = services.settings
     if not services.accepting():
@@ -191,10 +193,10 @@ async def _admit(
     services.backpressure.accepted()
     services.metrics.accepted.inc()
     background.add_task(services.on_accepted, notification)
-    return JSONResponse(answer, 202, headers={"Location": location})
+    return JSON(answer, 202, headers={"Location": location})
 
 
-def _replay(record: IdempotencyRecord, digest: str) -> JSONResponse:
+def _replay(record: IdempotencyRecord, digest: str) -> JSON:
     """The original answer for a repeated key, or ``422`` if the body differs."""
     if record.request_hash != digest:
         raise ApiError(
@@ -205,7 +207,7 @@ def _replay(record: IdempotencyRecord, digest: str) -> JSONResponse:
         )
     answer = json.loads(record.response)
     headers = {"Location": answer["links"]["self"], "Idempotent-Replayed": "true"}
-    return JSONResponse(answer, 202, headers=headers)
+    return JSON(answer, 202, headers=headers)
 
 
 @router.get(
@@ -216,10 +218,10 @@ def _replay(record: IdempotencyRecord, digest: str) -> JSONResponse:
 )
 async def get_notification(
     notification_id: NotificationId, services: ServicesDep, caller: CallerDep
-) -> JSONResponse:
+) -> JSON:
     """State, per-recipient results, every attempt, and whether it was acknowledged."""
     notification = await _owned(services, notification_id, caller)
-    return JSONResponse(status_body(notification))
+    return JSON(status_body(notification))
 
 
 @router.get(
@@ -236,14 +238,14 @@ async def list_notifications(
     cursor: Annotated[
         str | None, Query(pattern=ID_PATTERN, description="`next_cursor` of the previous page")
     ] = None,
-) -> JSONResponse:
+) -> JSON:
     """Page through notifications; follow ``next_cursor`` until it is ``null``."""
     found = await services.store.page(
         status=status, limit=limit + 1, before_id=cursor, owner=owner_of(caller)
     )
     items = found[:limit]
     next_cursor = items[-1].id if len(found) > limit else None
-    return JSONResponse({"items": [status_body(n) for n in items], "next_cursor": next_cursor})
+    return JSON({"items": [status_body(n) for n in items], "next_cursor": next_cursor})
 
 
 @router.delete(
@@ -258,7 +260,7 @@ async def list_notifications(
 )
 async def cancel_notification(
     notification_id: NotificationId, services: ServicesDep, caller: CallerDep
-) -> JSONResponse:
+) -> JSON:
     """Cancel a ``queued`` or ``deferred`` notification; answers its status document."""
     notification = await _transition(
         services,
@@ -268,7 +270,7 @@ async def cancel_notification(
         refusal="not_cancellable",
         rule="only queued or deferred notifications can be cancelled",
     )
-    return JSONResponse(status_body(notification))
+    return JSON(status_body(notification))
 
 
 @router.post(
@@ -284,7 +286,7 @@ async def cancel_notification(
 )
 async def retry_notification(
     notification_id: NotificationId, services: ServicesDep, caller: CallerDep
-) -> JSONResponse:
+) -> JSON:
     """Recipients not yet reached get a fresh attempt budget and message lifetime."""
     now = time.time()
     expires_at = now + services.settings.message_lifetime
@@ -297,7 +299,7 @@ async def retry_notification(
         rule="only failed or expired notifications can be retried",
     )
     location = f"{router.prefix}/{notification_id}"
-    return JSONResponse(status_body(notification), 202, headers={"Location": location})
+    return JSON(status_body(notification), 202, headers={"Location": location})
 
 
 async def _transition(

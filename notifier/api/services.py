@@ -39,10 +39,14 @@ class Services:
     metrics: Metrics
 
 
-async def get_services(request: Request) -> Services:
-    """``async`` so that FastAPI calls it inline, not through its thread pool."""
+def services_of(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
+
+
+async def get_services(request: Request) -> Services:
+    """``async`` so that FastAPI calls it inline, not through its thread pool."""
+    return services_of(request)
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]

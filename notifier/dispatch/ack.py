@@ -8,7 +8,6 @@ whatever is not marked by a crash is written again at the next start (at least o
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -16,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import orjson
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -109,8 +109,7 @@ class AckWriter:
 
     async def _write_with_retries(self, batch: list[tuple[Notification, str]]) -> None:
         lines = "".join(
-            json.dumps(ack_line(n, event, self._clock()), ensure_ascii=False) + "\n"
-            for n, event in batch
+            orjson.dumps(ack_line(n, event, self._clock())).decode() + "\n" for n, event in batch
         )
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(OSError),

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
-import json
 import os
 import sqlite3
 import threading
@@ -19,6 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Any, TypeVar
+
+import orjson
 
 from notifier.domain import (
     Address,
@@ -326,7 +327,7 @@ class SQLiteStore:
             "UPDATE notifications SET visible_at = ? WHERE lease_owner = ? "
             "AND status = 'sending' AND id IN (SELECT value FROM json_each(?))"
         )
-        await self._write(lambda c: c.execute(sql, (until, owner, json.dumps(list(ids)))))
+        await self._write(lambda c: c.execute(sql, (until, owner, _dump(list(ids)))))
 
     async def release_leases(self, *, now: float, owner: str | None = None) -> int:
         sql = "UPDATE notifications SET visible_at = ? WHERE status = 'sending'"
@@ -450,7 +451,7 @@ def _take_lock(path: Path) -> IO[str]:
 
 
 def _dump(value: object) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return orjson.dumps(value).decode()
 
 
 def _address(value: dict[str, Any]) -> Address:
@@ -482,8 +483,8 @@ def _recipients_json(recipients: list[Recipient]) -> str:
         [
             {
                 "address": r.address,
-                "kind": r.kind.value,
-                "status": r.status.value,
+                "kind": r.kind,
+                "status": r.status,
                 "smtp_code": r.smtp_code,
                 "smtp_message": r.smtp_message,
             }
@@ -528,7 +529,7 @@ def _to_row(n: Notification) -> dict[str, Any]:
 
 
 def _from_row(row: sqlite3.Row) -> Notification:
-    content = json.loads(row["content"])
+    content = orjson.loads(row["content"])
     return Notification(
         id=row["id"],
         owner=row["owner"],
@@ -551,10 +552,10 @@ def _from_row(row: sqlite3.Row) -> Notification:
                 smtp_code=r["smtp_code"],
                 smtp_message=r["smtp_message"],
             )
-            for r in json.loads(row["recipients"])
+            for r in orjson.loads(row["recipients"])
         ],
-        attempts=[Attempt(**a) for a in json.loads(row["attempts"])],
-        metadata=json.loads(row["metadata"]),
+        attempts=[Attempt(**a) for a in orjson.loads(row["attempts"])],
+        metadata=orjson.loads(row["metadata"]),
         message_id=row["message_id"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
