@@ -109,6 +109,14 @@ async def post(client: httpx.AsyncClient, **overrides: Any) -> str:
     return notification_id
 
 
+async def wait_until_in_data(handler: ScriptedHandler, count: int) -> None:
+    """Poll the test SMTP server until ``count`` DATA commands have arrived."""
+    give_up = time.monotonic() + DEADLINE_SECONDS
+    while handler.data_commands < count:
+        assert time.monotonic() < give_up, "sends never reached DATA"
+        await asyncio.sleep(0.01)
+
+
 async def wait_for(
     client: httpx.AsyncClient,
     notification_id: str,

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 
 import httpx
 
-from tests.conftest import MakeSettings, notification, post, running_app, wait_for
+from tests.conftest import (
+    MakeSettings,
+    notification,
+    post,
+    running_app,
+    wait_for,
+    wait_until_in_data,
+)
 from tests.smtp_server import ScriptedHandler
 
 UNKNOWN_ID = "01a1fde9-a2eb-74e1-86b5-597eb64cdee6"
@@ -220,10 +226,7 @@ async def test_healthz_answers_while_every_send_is_stalled(
     smtp_handler.stall()
     async with running_app(make_settings(send_concurrency=4)) as client:
         ids = [await post(client) for _ in range(8)]
-        give_up = time.monotonic() + 10
-        while smtp_handler.data_commands < 4:
-            assert time.monotonic() < give_up, "sends never reached DATA"
-            await asyncio.sleep(0.01)
+        await wait_until_in_data(smtp_handler, 4)
 
         health = await asyncio.wait_for(client.get("/healthz"), timeout=5)
         status = await asyncio.wait_for(client.get(f"/v1/notifications/{ids[0]}"), timeout=5)

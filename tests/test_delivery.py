@@ -7,7 +7,7 @@ import time
 
 import httpx
 
-from tests.conftest import MakeSettings, post, running_app, wait_for
+from tests.conftest import MakeSettings, post, running_app, wait_for, wait_until_in_data
 from tests.smtp_server import DROP, DROP_AFTER_ACCEPT, ScriptedHandler
 
 
@@ -202,10 +202,7 @@ async def test_send_longer_than_the_lease_is_not_sent_twice(
     smtp_handler.stall()
     async with running_app(make_settings(lease_seconds=0.2)) as client:
         notification_id = await post(client)
-        give_up = time.monotonic() + 10
-        while smtp_handler.data_commands < 1:
-            assert time.monotonic() < give_up, "the send never reached DATA"
-            await asyncio.sleep(0.01)
+        await wait_until_in_data(smtp_handler, 1)
         # Stall for several lease periods: only renewal keeps the lease alive.
         renewals_due = time.monotonic() + 1.0
         while time.monotonic() < renewals_due:

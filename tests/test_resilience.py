@@ -7,15 +7,15 @@ import sqlite3
 import time
 
 from notifier.app import begin_shutdown
-from tests.conftest import MakeSettings, notification, post, running_app, wait_for
+from tests.conftest import (
+    MakeSettings,
+    notification,
+    post,
+    running_app,
+    wait_for,
+    wait_until_in_data,
+)
 from tests.smtp_server import ScriptedHandler, free_port
-
-
-async def wait_until_in_data(handler: ScriptedHandler, count: int) -> None:
-    give_up = time.monotonic() + 10
-    while handler.data_commands < count:
-        assert time.monotonic() < give_up, "sends never reached DATA"
-        await asyncio.sleep(0.01)
 
 
 async def test_too_many_undelivered_notifications_get_503_with_retry_after(
