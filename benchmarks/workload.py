@@ -21,9 +21,7 @@ from notifier.domain import (
     Address,
     Attempt,
     Notification,
-    NotificationStatus,
     RecipientStatus,
-    new_id,
 )
 from notifier.message import message_id_for, render
 from notifier.schemas import NotificationRequest
@@ -54,20 +52,7 @@ def request() -> NotificationRequest:
 
 def notification(now: float, body: NotificationRequest | None = None) -> Notification:
     """A new ``queued`` notification, as the POST route makes it."""
-    body = body or request()
-    sender = Address(SENDER)
-    notification_id = new_id()
-    return Notification(
-        id=notification_id,
-        status=NotificationStatus.QUEUED,
-        content=body.content(sender),
-        recipients=body.recipients(),
-        message_id=message_id_for(notification_id, sender.address),
-        created_at=now,
-        updated_at=now,
-        expires_at=now + LIFETIME,
-        metadata=body.metadata,
-    )
+    return (body or request()).to_notification(Address(SENDER), now=now, lifetime=LIFETIME)
 
 
 def envelope() -> tuple[str, list[str]]:

@@ -34,7 +34,9 @@ from notifier.domain import (
     Recipient,
     RecipientKind,
     RecipientStatus,
+    new_id,
 )
+from notifier.message import message_id_for
 
 #: Anything that could end or forge a header line: C0/C1 controls, DEL, Unicode
 #: line and paragraph separators, and lone surrogates (which cannot be encoded).
@@ -173,6 +175,24 @@ class NotificationRequest(BaseModel):
                     seen.add(address.lower())
                     result.append(Recipient(address=address, kind=kind))
         return result
+
+    def to_notification(
+        self, sender: Address, *, now: float, lifetime: float, owner: str | None = None
+    ) -> Notification:
+        """The new ``queued`` notification this request stands for."""
+        notification_id = new_id()
+        return Notification(
+            id=notification_id,
+            status=NotificationStatus.QUEUED,
+            content=self.content(sender),
+            recipients=self.recipients(),
+            message_id=message_id_for(notification_id, sender.address),
+            created_at=now,
+            updated_at=now,
+            expires_at=now + lifetime,
+            metadata=self.metadata,
+            owner=owner,
+        )
 
     def content(self, sender: Address) -> Content:
         return Content(

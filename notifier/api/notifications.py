@@ -19,10 +19,8 @@ from notifier.domain import (
     IdempotencyRecord,
     Notification,
     NotificationStatus,
-    new_id,
 )
 from notifier.keys import ApiKey, sender_allowed
-from notifier.message import message_id_for
 from notifier.schemas import (
     ErrorBody,
     NamedAddress,
@@ -161,19 +159,10 @@ async def _admit(
             {"Retry-After": RETRY_AFTER_BUSY},
         )
     now = time.time()
-    notification_id = new_id()
-    notification = Notification(
-        id=notification_id,
-        status=NotificationStatus.QUEUED,
-        content=body.content(sender),
-        recipients=body.recipients(),
-        message_id=message_id_for(notification_id, sender.address),
-        created_at=now,
-        updated_at=now,
-        expires_at=now + settings.message_lifetime,
-        metadata=body.metadata,
-        owner=owner_of(caller),
+    notification = body.to_notification(
+        sender, now=now, lifetime=settings.message_lifetime, owner=owner_of(caller)
     )
+    notification_id = notification.id
     location = f"{router.prefix}/{notification_id}"
     answer = accepted_body(notification, location)
     record = None
