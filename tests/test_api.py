@@ -97,6 +97,22 @@ async def test_malformed_json_is_422(client: httpx.AsyncClient) -> None:
     assert response.status_code == 422
 
 
+async def test_empty_body_is_422_naming_the_body(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/v1/notifications", content=b"", headers={"content-type": "application/json"}
+    )
+
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["loc"] == "body"
+
+
+async def test_validation_errors_locate_the_field_in_the_body(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v1/notifications", json=notification(to=["nobody"]))
+
+    assert response.status_code == 422
+    assert [e["loc"] for e in response.json()["errors"]] == ["body.to.0"]
+
+
 async def test_too_many_recipients_is_422(make_settings: MakeSettings) -> None:
     async with running_app(make_settings(max_recipients=2)) as client:
         response = await client.post(
@@ -165,9 +181,14 @@ async def test_api_keys_are_required_when_configured(make_settings: MakeSettings
             "/v1/notifications", json=notification(), headers={"authorization": "Bearer k-two"}
         )
         health = await client.get("/healthz")
+        # The key is checked before the body is parsed.
+        unparsable = await client.post(
+            "/v1/notifications", content=b"[" * 10_000, headers={"content-type": "application/json"}
+        )
 
     assert missing.status_code == 401
     assert wrong.status_code == 401
+    assert unparsable.status_code == 401
     assert missing.json()["code"] == "unauthorized"
     assert right.status_code == 202
     assert health.status_code == 200
@@ -250,6 +271,11 @@ async def test_openapi_documents_every_route(client: httpx.AsyncClient) -> None:
     }
     post_op = schema["paths"]["/v1/notifications"]["post"]
     assert {"202", "403", "413", "422", "503"} <= set(post_op["responses"])
+    body = post_op["requestBody"]["content"]["application/json"]["schema"]
+    assert body["$ref"].endswith("/NotificationRequest")
+    assert post_op["requestBody"]["required"] is True
+    headers = [p["name"] for p in post_op["parameters"] if p["in"] == "header"]
+    assert headers == ["Idempotency-Key"]
 
 
 async def test_every_route_has_a_summary_and_every_error_a_documented_body(

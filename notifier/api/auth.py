@@ -14,17 +14,22 @@ from notifier.keys import ApiKey
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
-async def authenticate(request: Request) -> ApiKey | None:
-    """The caller's key (``None`` when authentication is off), after one rate-limit token.
-
-    ``async`` although it never awaits: FastAPI runs plain ``def`` dependencies in
-    its thread pool, a hand-off that costs more than the check itself.
-    """
+def caller_of(request: Request) -> ApiKey | None:
+    """The caller's key (``None`` when authentication is off), after one rate-limit token."""
     services = services_of(request)
     caller = _identify(request, services)
     headers = services.rate_limiter.request(caller)
     request.scope.setdefault("state", {})[STATE_KEY] = headers
     return caller
+
+
+async def authenticate(request: Request) -> ApiKey | None:
+    """:func:`caller_of` as a dependency.
+
+    ``async`` although it never awaits: FastAPI runs plain ``def`` dependencies in
+    its thread pool, a hand-off that costs more than the check itself.
+    """
+    return caller_of(request)
 
 
 def _identify(request: Request, services: Services) -> ApiKey | None:
