@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
 import signal
+import socket
 import sys
 import urllib.error
 import urllib.request
@@ -129,6 +131,15 @@ class GracefulServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
         super().__init__(config)
         self._on_exit = on_exit
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        # What is alive now lives as long as the process: modules, the app, its schemas,
+        # the started services. Frozen, it is left out of every later collection, so
+        # the full collections that requests set off stay short (unfrozen, each took
+        # tens of milliseconds: most of the accept benchmark's p99).
+        gc.collect()
+        gc.freeze()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self._on_exit()
