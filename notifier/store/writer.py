@@ -1,9 +1,9 @@
 """The SQLite writer thread: every write, committed in batches (group commit).
 
-It drains whatever jobs have queued up and runs them in one transaction, each in a
-savepoint so a failing job is rolled back alone; then it resolves the callers'
-futures on their event loop. Concurrent requests so share one fsync, and no write
-ever runs on the event loop.
+It drains whatever jobs have queued up and runs them in one transaction (a failing
+job is rolled back alone); then it resolves the callers' futures on their event
+loop. Concurrent requests so share one fsync, and no write ever runs on the event
+loop.
 """
 
 from __future__ import annotations
@@ -85,23 +85,20 @@ Result = tuple[Job, Any, BaseException | None]
 def commit(connection: sqlite3.Connection, batch: list[Job]) -> tuple[list[Result], str | None]:
     """Run every job in one transaction; a failing job is rolled back alone.
 
+    The batch first runs as plain statements. Only if a job fails is the transaction
+    rolled back and the batch run again with a savepoint around each job: savepoints
+    double the statements, and every statement hands the GIL to the event loop and
+    back, which is what a batch's time goes on while requests keep the loop busy.
+    Jobs are pure functions of the database, so running one twice is safe.
+
     Returns each job's result and, if the commit itself failed, why.
     """
-    results: list[Result] = []
     try:
-        connection.execute("BEGIN IMMEDIATE")
-        for job in batch:
-            connection.execute("SAVEPOINT job")
-            try:
-                value = job.fn(connection)
-            except Exception as exc:  # noqa: BLE001 - handed to the job's awaiting caller
-                connection.execute("ROLLBACK TO job")
-                if isinstance(exc, sqlite3.Error):
-                    exc = StoreError(f"database write failed: {exc}")
-                results.append((job, None, exc))
-            else:
-                results.append((job, value, None))
-            connection.execute("RELEASE job")
+        try:
+            results = _run(connection, batch, isolated=False)
+        except _JobFailed:
+            connection.execute("ROLLBACK")
+            results = _run(connection, batch, isolated=True)
         connection.execute("COMMIT")
     except sqlite3.Error as exc:
         with suppress(sqlite3.Error):
@@ -109,6 +106,32 @@ def commit(connection: sqlite3.Connection, batch: list[Job]) -> tuple[list[Resul
         error = StoreError(f"database commit failed: {exc}")
         return [(job, None, error) for job in batch], str(exc)
     return results, None
+
+
+class _JobFailed(Exception):
+    """A job raised while its batch ran without savepoints."""
+
+
+def _run(connection: sqlite3.Connection, batch: list[Job], *, isolated: bool) -> list[Result]:
+    connection.execute("BEGIN IMMEDIATE")
+    results: list[Result] = []
+    for job in batch:
+        if isolated:
+            connection.execute("SAVEPOINT job")
+        try:
+            value = job.fn(connection)
+        except Exception as exc:
+            if not isolated:
+                raise _JobFailed from exc
+            connection.execute("ROLLBACK TO job")
+            if isinstance(exc, sqlite3.Error):
+                exc = StoreError(f"database write failed: {exc}")
+            results.append((job, None, exc))
+        else:
+            results.append((job, value, None))
+        if isolated:
+            connection.execute("RELEASE job")
+    return results
 
 
 def settle(results: list[Result]) -> None:
