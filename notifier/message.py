@@ -1,21 +1,22 @@
-"""Turn a notification into RFC 5322 bytes: the one place headers are built.
+"""Turn a notification into RFC 5322 bytes: the one place the message is defined.
 
 Pure: no I/O, so every header rule is unit-tested directly. The API has already
 refused control characters; ``EmailMessage`` is the second line of defence.
+:func:`build_message` is the reference; :mod:`notifier.wire` writes the same bytes
+directly for common messages, which is most of the CPU saved per delivery.
 """
 
 from __future__ import annotations
 
 import email.policy
 from datetime import UTC, datetime
-from email.headerregistry import Address as HeaderAddress
 from email.message import EmailMessage
 from email.utils import format_datetime
 
-from notifier.domain import Address, Content
+from notifier.domain import Content
+from notifier.wire import WIRE_POLICY as WIRE_POLICY
+from notifier.wire import header_address, render_fast
 
-#: CRLF line endings and 7-bit transfer encodings, so any relay takes the bytes as is.
-WIRE_POLICY = email.policy.SMTP.clone(cte_type="7bit")
 #: For internationalised addresses (RFC 6532): UTF-8 headers, sent only with SMTPUTF8.
 UTF8_POLICY = email.policy.SMTP.clone(utf8=True)
 
@@ -29,12 +30,12 @@ def message_id_for(notification_id: str, sender: str) -> str:
 def build_message(content: Content, *, message_id: str, created_at: float) -> EmailMessage:
     """The message as sent; Bcc recipients are in the envelope only, never a header."""
     message = EmailMessage(policy=_policy(content))
-    message["From"] = _header_address(content.sender)
-    message["To"] = [_header_address(a) for a in content.to]
+    message["From"] = header_address(content.sender)
+    message["To"] = [header_address(a) for a in content.to]
     if content.cc:
-        message["Cc"] = [_header_address(a) for a in content.cc]
+        message["Cc"] = [header_address(a) for a in content.cc]
     if content.reply_to:
-        message["Reply-To"] = [_header_address(a) for a in content.reply_to]
+        message["Reply-To"] = [header_address(a) for a in content.reply_to]
     message["Subject"] = content.subject
     message["Date"] = format_datetime(datetime.fromtimestamp(created_at, UTC))
     message["Message-ID"] = message_id
@@ -45,7 +46,10 @@ def build_message(content: Content, *, message_id: str, created_at: float) -> Em
 
 
 def render(content: Content, *, message_id: str, created_at: float) -> bytes:
-    """The wire bytes of :func:`build_message`."""
+    """The wire bytes of :func:`build_message`, written directly when :mod:`~notifier.wire` can."""
+    fast = render_fast(content, message_id=message_id, created_at=created_at)
+    if fast is not None:
+        return fast
     message = build_message(content, message_id=message_id, created_at=created_at)
     return message.as_bytes(policy=_policy(content))
 
@@ -62,8 +66,3 @@ def _set_body(message: EmailMessage, content: Content) -> None:
         message.set_content(content.html, subtype="html")
     else:
         message.set_content(content.text or "")
-
-
-def _header_address(address: Address) -> HeaderAddress:
-    username, _, domain = address.address.rpartition("@")
-    return HeaderAddress(display_name=address.name or "", username=username, domain=domain)
