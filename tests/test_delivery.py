@@ -196,6 +196,25 @@ async def test_connections_are_reused_across_messages(
     assert smtp_handler.sessions <= 4
 
 
+async def test_no_more_smtp_transactions_than_send_concurrency_while_more_are_claimed(
+    client: httpx.AsyncClient, smtp_handler: ScriptedHandler
+) -> None:
+    smtp_handler.stall()
+    ids = [await post(client, subject=f"message {i}") for i in range(10)]
+    await wait_until_in_data(smtp_handler, 4)
+    # All ten are claimed (some wait for a free connection), yet only four are at DATA.
+    for notification_id in ids:
+        await wait_for(client, notification_id, until=lambda doc: doc["status"] == "sending")
+    assert smtp_handler.data_commands == 4
+    metrics = (await client.get("/metrics")).text
+    assert "notifier_sends_in_flight 4.0" in metrics
+
+    smtp_handler.release()
+    for notification_id in ids:
+        assert (await wait_for(client, notification_id))["status"] == "sent"
+    assert smtp_handler.sessions <= 4
+
+
 async def test_send_longer_than_the_lease_is_not_sent_twice(
     make_settings: MakeSettings, smtp_handler: ScriptedHandler
 ) -> None:

@@ -63,6 +63,10 @@ class Dispatcher:
         self._wake = asyncio.Event()
         #: Send tasks and the notification each one holds the lease on.
         self._in_flight: dict[asyncio.Task[None], str] = {}
+        #: How many of them have not finished their SMTP exchange (or are waiting for it).
+        self._unsent = 0
+        #: One per SMTP transaction allowed at once.
+        self._slots = asyncio.Semaphore(concurrency)
         self._claiming: asyncio.Task[None] | None = None
         self._renewing: asyncio.Task[None] | None = None
 
@@ -106,7 +110,13 @@ class Dispatcher:
     async def _run(self) -> None:
         while True:
             self._wake.clear()
-            free = min(self._concurrency - len(self._in_flight), CLAIM_BATCH)
+            # Up to a batch more than the slots is claimed, so a slot that frees up
+            # starts its next send at once instead of waiting for a claim to commit.
+            free = min(
+                self._concurrency + CLAIM_BATCH - self._unsent,
+                self._concurrency * 2 + CLAIM_BATCH - len(self._in_flight),
+                CLAIM_BATCH,
+            )
             allowed = self.breaker.allowance(free)
             claimed = await self._claim(allowed) if allowed > 0 else []
             self.breaker.claimed(len(claimed))
@@ -154,23 +164,31 @@ class Dispatcher:
             self._metrics.attempted(interrupted)
         task = asyncio.create_task(self._deliver(notification), name=f"send-{notification.id}")
         self._in_flight[task] = notification.id
-        self._metrics.in_flight.set(len(self._in_flight))
+        self._unsent += 1
         task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._in_flight.pop(task, None)
-        self._metrics.in_flight.set(len(self._in_flight))
         self._wake.set()
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("delivery task %s crashed", task.get_name(), exc_info=exc)
 
     async def _deliver(self, n: Notification) -> None:
-        started_at = self._clock()
-        if started_at >= n.expires_at:
-            self.breaker.probe_abandoned()
-            expire(n, started_at=started_at, now=started_at)
-        else:
-            await self._attempt(n, started_at)
+        """Send, then record the outcome; the slot is free for the next send meanwhile.
+
+        Recording waits for a commit, while the SMTP connection is already back in the
+        pool: holding the slot through it left the relay idle for that long each time.
+        """
+        try:
+            started_at = self._clock()
+            if started_at >= n.expires_at:
+                self.breaker.probe_abandoned()
+                expire(n, started_at=started_at, now=started_at)
+            else:
+                await self._attempt(n, started_at)
+        finally:
+            self._unsent -= 1
+            self._wake.set()
         try:
             recorded = await self._store.finish_attempt(n, lease_owner=self.owner)
         except StoreError as exc:
@@ -203,13 +221,19 @@ class Dispatcher:
         recipients = [r.address for r in open_recipients(n)]
         try:
             message = _render(n)
-            with self._metrics.send_seconds.time():
-                report = await self._transport.send(
-                    n.content.sender.address,
-                    recipients,
-                    message,
-                    smtputf8=n.content.needs_smtputf8 or not all(map(str.isascii, recipients)),
-                )
+            async with self._slots:
+                self._metrics.in_flight.inc()
+                try:
+                    with self._metrics.send_seconds.time():
+                        report = await self._transport.send(
+                            n.content.sender.address,
+                            recipients,
+                            message,
+                            smtputf8=n.content.needs_smtputf8
+                            or not all(map(str.isascii, recipients)),
+                        )
+                finally:
+                    self._metrics.in_flight.dec()
         except DeliveryError as error:
             if error.relay:
                 self.breaker.relay_failed(error)
