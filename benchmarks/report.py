@@ -197,8 +197,14 @@ def render(
     lines += _load_table(watch)
     for section in sections:
         lines += ["", f"### {section.title}", "", *section.lines]
+    lines += ["", *_levers()]
     lines += ["", "## Commands", "", *_commands(), ""]
     return "\n".join(lines)
+
+
+def _levers() -> list[str]:
+    """What each lever bought: measured before and after each change, kept by hand."""
+    return (Path(__file__).parent / "LEVERS.md").read_text(encoding="utf-8").rstrip().splitlines()
 
 
 def _method(plan: Plan, loader: str) -> list[str]:
