@@ -19,16 +19,7 @@ from benchmarks import workload
 from notifier.domain import Address, Content
 from notifier.message import build_message, render
 from notifier.wire import WIRE_POLICY, make_boundary, render_fast
-
-MESSAGE_ID = "<0190c1d2-7e4f-7abc-8def-0123456789ab@example.com>"
-CREATED_AT = 1_700_000_000.75
-
-CONTENT = Content(
-    sender=Address("notifier@example.com", "Notifier"),
-    to=(Address("ada@example.com", "Ada Lovelace"),),
-    subject="Your report is ready",
-    text="Hello Ada,\nyour report is ready.\n",
-)
+from tests.test_message import CONTENT, CREATED_AT, MESSAGE_ID
 
 BOUNDARY = re.compile(rb'\r\n boundary="([^"]+)"\r\n')
 
