@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.routing import APIRoute
 from starlette.background import BackgroundTask
+from starlette.types import Receive, Scope, Send
 
 from notifier.api.auth import CallerDep, caller_of, owner_of
 from notifier.api.body import parse_json, require_json
@@ -83,6 +84,13 @@ class AcceptRoute(APIRoute):
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         return _bind_and_create
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] not in (self.methods or ()):
+            await super().handle(scope, receive, send)
+            return
+        response = await _bind_and_create(Request(scope, receive, send))
+        await response(scope, receive, send)
 
 
 async def _bind_and_create(request: Request) -> Response:
