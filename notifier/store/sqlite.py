@@ -33,7 +33,7 @@ from notifier.domain import (
     RecipientStatus,
 )
 from notifier.errors import StoreError, StoreLockedError
-from notifier.store.writer import Writer, connect
+from notifier.store.writer import Row, Writer, connect
 
 T = TypeVar("T")
 
@@ -122,6 +122,30 @@ VALUES (:id, :owner, :status, :content, :recipients, :metadata, :message_id,
     :created_at, :updated_at, :expires_at, :visible_at)
 """
 
+#: :data:`INSERT`'s columns, in the order of :data:`BULK_INSERT`'s rows.
+INSERT_COLUMNS = (
+    "id",
+    "owner",
+    "status",
+    "content",
+    "recipients",
+    "metadata",
+    "message_id",
+    "created_at",
+    "updated_at",
+    "expires_at",
+    "visible_at",
+)
+
+#: :data:`INSERT` for a whole batch in one statement: ``?`` is a JSON array of rows.
+BULK_INSERT = """
+INSERT INTO notifications (id, owner, status, content, recipients, metadata, message_id,
+    created_at, updated_at, expires_at, visible_at)
+SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5,
+    value ->> 6, value ->> 7, value ->> 8, value ->> 9, value ->> 10
+FROM json_each(?)
+"""
+
 INSERT_KEY = """
 INSERT INTO idempotency_keys (owner, key, request_hash, notification_id, response, expires_at)
 VALUES (:owner, :key, :request_hash, :notification_id, :response, :expires_at)
@@ -157,7 +181,7 @@ class SQLiteStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock_file = _take_lock(self.path)
         loop = asyncio.get_running_loop()
-        self._writer = Writer(self.path, loop, self._busy_timeout)
+        self._writer = Writer(self.path, loop, self._busy_timeout, BULK_INSERT)
         self._writer.start()
         await self._write(_migrate)
         self._read_pool = ThreadPoolExecutor(self._readers, thread_name_prefix="notifier-read")
@@ -197,6 +221,8 @@ class SQLiteStore:
             c.execute(INSERT, row)
             return None
 
+        if idempotency is None:
+            return await self._write(insert, tuple(row[column] for column in INSERT_COLUMNS))
         return await self._write(insert)
 
     async def find_idempotency(self, owner: str, key: str) -> IdempotencyRecord | None:
@@ -340,13 +366,19 @@ class SQLiteStore:
 
     async def mark_acknowledged(self, *, accepted: Sequence[str], final: Sequence[str]) -> None:
         def mark(c: sqlite3.Connection) -> None:
-            c.executemany(
-                "UPDATE notifications SET ack_accepted = 1 WHERE id = ?", [(i,) for i in accepted]
-            )
-            c.executemany(
-                "UPDATE notifications SET ack_final = 1 WHERE id = ? AND ack_final = 0",
-                [(i,) for i in final],
-            )
+            # One statement each, not one per id: see the writer on statements.
+            if accepted:
+                c.execute(
+                    "UPDATE notifications SET ack_accepted = 1 "
+                    "WHERE id IN (SELECT value FROM json_each(?))",
+                    (orjson.dumps(list(accepted)),),
+                )
+            if final:
+                c.execute(
+                    "UPDATE notifications SET ack_final = 1 "
+                    "WHERE ack_final = 0 AND id IN (SELECT value FROM json_each(?))",
+                    (orjson.dumps(list(final)),),
+                )
 
         await self._write(mark)
 
@@ -358,10 +390,10 @@ class SQLiteStore:
         rows = await self._read(lambda c: c.execute(sql, (limit,)).fetchall())
         return [_from_row(r) for r in rows]
 
-    async def _write(self, job: Callable[[sqlite3.Connection], T]) -> T:
+    async def _write(self, job: Callable[[sqlite3.Connection], T], row: Row | None = None) -> T:
         if self._writer is None:
             raise StoreError("the store is closed")
-        return await self._writer.submit(job)
+        return await self._writer.submit(job, row)
 
     async def _read(self, job: Callable[[sqlite3.Connection], T]) -> T:
         if self._read_pool is None:
