@@ -28,6 +28,7 @@ async def test_accepted_notification_answers_202_with_id_and_location(
     )
 
     assert response.status_code == 202
+    assert response.headers["content-type"] == "application/json"
     body = response.json()
     assert body["status"] == "queued"
     assert response.headers["location"] == f"/v1/notifications/{body['id']}"

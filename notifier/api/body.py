@@ -13,6 +13,7 @@ from typing import TypeVar
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
+from starlette.types import Receive
 
 from notifier.api.problem import ApiError
 
@@ -26,9 +27,32 @@ def require_json(request: Request) -> None:
         raise ApiError(415, "unsupported_media_type", "send the notification as `application/json`")
 
 
+async def read_body(receive: Receive) -> bytes:
+    """The whole request body, straight from ASGI (no ``Request`` stream around it)."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
 def parse_json(raw: bytes, model: type[Model]) -> Model:
     """The body as ``model``; ``422`` when it is missing, malformed or invalid, ``400`` when
-    it cannot be decoded (not UTF-8, nested too deep)."""
+    it cannot be decoded (not UTF-8, nested too deep).
+
+    Valid UTF-8 JSON is parsed and validated in one pass by pydantic. Anything that
+    pass refuses goes the way FastAPI goes (``json.loads``, then validation), which
+    accepts the same documents plus UTF-16 and UTF-32, and words the errors.
+    """
+    if raw:
+        try:
+            return model.model_validate_json(raw)
+        except ValidationError:
+            pass
     if not raw:
         missing = {"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}
         raise RequestValidationError([missing])

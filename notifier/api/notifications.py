@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.routing import APIRoute
-from starlette.background import BackgroundTask
 from starlette.types import Receive, Scope, Send
 
 from notifier.api.auth import CallerDep, caller_of, owner_of
-from notifier.api.body import parse_json, require_json
+from notifier.api.body import parse_json, read_body, require_json
 from notifier.api.idempotency import HEADER as IDEMPOTENCY_HEADER
 from notifier.api.idempotency import checked_key, request_hash
 from notifier.api.problem import ApiError
-from notifier.api.responses import JSON
+from notifier.api.responses import JSON, RawJSON
 from notifier.api.services import Services, ServicesDep, services_of
 from notifier.domain import (
     Address,
@@ -73,32 +73,28 @@ IdempotencyKey = Annotated[
 
 
 class AcceptRoute(APIRoute):
-    """Binds :func:`create_notification`'s arguments directly instead of through FastAPI.
+    """Serves :func:`create_notification` straight from ASGI; FastAPI only describes it.
 
-    FastAPI's generic dependency solver cost more per request than storing the
-    notification (``benchmarks/RESULTS.md``, section 1). This route does the same
-    steps for its one endpoint, checks before the body is parsed: ``415``, then the
-    API key (``401``) and its rate limit (``429``), then the body (FastAPI's own
-    ``400``/``422``). The endpoint's signature still describes the operation in OpenAPI.
+    FastAPI's request handling (dependency solving, ``Request`` and ``Response``
+    objects, its exception-wrapping layers) cost more per request than storing the
+    notification (``benchmarks/LEVERS.md``). :meth:`handle` does the same steps for
+    this one endpoint, checking before the body is parsed: ``415``, then the API key
+    (``401``) and its rate limit (``429``), then the body (FastAPI's own
+    ``400``/``422``). Errors propagate to the app's exception handlers as from any
+    route. The endpoint's signature still describes the operation in OpenAPI.
     """
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        return _bind_and_create
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] not in (self.methods or ()):
-            await super().handle(scope, receive, send)
+            await super().handle(scope, receive, send)  # 405, as on every route
             return
-        response = await _bind_and_create(Request(scope, receive, send))
-        await response(scope, receive, send)
-
-
-async def _bind_and_create(request: Request) -> Response:
-    require_json(request)
-    caller = caller_of(request)
-    body = parse_json(await request.body(), NotificationRequest)
-    key = request.headers.get(IDEMPOTENCY_HEADER)
-    return await create_notification(body, request, caller, key)
+        request = Request(scope, receive)
+        require_json(request)
+        caller = caller_of(request)
+        body = parse_json(await read_body(receive), NotificationRequest)
+        key = request.headers.get(IDEMPOTENCY_HEADER)
+        answer = await create_notification(body, request, caller, key)
+        await answer(send)
 
 
 async def create_notification(
@@ -106,7 +102,7 @@ async def create_notification(
     request: Request,
     caller: CallerDep,
     idempotency_key: IdempotencyKey = None,
-) -> JSON:
+) -> RawJSON:
     """Validate, commit to the store, answer ``202``; delivery happens in the background.
 
     With an ``Idempotency-Key``, the same key and body answer the original ``202``
@@ -168,7 +164,7 @@ async def _admit(
     services: Services,
     caller: ApiKey | None,
     idempotency: tuple[str, str, str] | None,
-) -> JSON:
+) -> RawJSON:
     """Store a new notification (with its key, in the same transaction) and answer 202."""
     settings = services.settings
     if not services.accepting():
@@ -210,11 +206,11 @@ async def _admit(
     services.backpressure.accepted()
     services.metrics.accepted.inc()
     # After the answer is sent: queue the acknowledgment, wake the dispatcher.
-    after = BackgroundTask(services.on_accepted, notification)
-    return JSON(answer, 202, headers={"Location": location}, background=after)
+    after = partial(services.on_accepted, notification)
+    return RawJSON(answer, 202, {"Location": location}, after)
 
 
-def _replay(record: IdempotencyRecord, digest: str) -> JSON:
+def _replay(record: IdempotencyRecord, digest: str) -> RawJSON:
     """The original answer for a repeated key, or ``422`` if the body differs."""
     if record.request_hash != digest:
         raise ApiError(
@@ -225,7 +221,7 @@ def _replay(record: IdempotencyRecord, digest: str) -> JSON:
         )
     answer = json.loads(record.response)
     headers = {"Location": answer["links"]["self"], "Idempotent-Replayed": "true"}
-    return JSON(answer, 202, headers=headers)
+    return RawJSON(answer, 202, headers)
 
 
 @router.get(
