@@ -160,6 +160,8 @@ def _run(
     connection.execute("BEGIN IMMEDIATE")
     results: list[Result] = []
     if bulk_insert is not None and any(job.row is not None for job in batch):
+        # New rows go first: no other job can depend on them, as their callers have
+        # not been answered yet.
         try:
             connection.execute(bulk_insert, (_rows(batch),))
         except sqlite3.Error as exc:
