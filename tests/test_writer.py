@@ -101,23 +101,6 @@ async def test_a_failing_job_is_rolled_back_alone_and_the_others_commit(
     assert await batch[3].future == 1
 
 
-async def test_a_failed_commit_fails_every_job_and_says_why(
-    connection: sqlite3.Connection,
-) -> None:
-    connection.execute("PRAGMA query_only = 1")
-    batch = jobs(insert("a"), insert("b"))
-
-    results, failure = commit(connection, batch)
-    settle(results)
-
-    assert failure is not None
-    for job in batch:
-        with pytest.raises(StoreError):
-            await job.future
-    connection.execute("PRAGMA query_only = 0")
-    assert keys(connection) == set()
-
-
 async def test_a_batch_of_plain_inserts_is_one_statement_without_begin_or_commit(
     connection: sqlite3.Connection,
 ) -> None:
@@ -165,13 +148,14 @@ async def test_a_failing_plain_insert_is_rolled_back_alone(
     assert keys(connection) == {"taken", "a", "b"}
 
 
-async def test_a_failed_bulk_commit_fails_every_plain_insert(
-    connection: sqlite3.Connection,
+@pytest.mark.parametrize("bulk", [False, True], ids=["jobs", "plain-inserts"])
+async def test_a_failed_commit_fails_every_job_and_says_why(
+    connection: sqlite3.Connection, bulk: bool
 ) -> None:
     connection.execute("PRAGMA query_only = 1")
-    batch = row_jobs("a", "b")
+    batch = row_jobs("a", "b") if bulk else jobs(insert("a"), insert("b"))
 
-    results, failure = commit(connection, batch, BULK_INSERT)
+    results, failure = commit(connection, batch, BULK_INSERT if bulk else None)
     settle(results)
 
     assert failure is not None
