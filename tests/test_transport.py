@@ -20,8 +20,18 @@ from aiosmtplib import (
     SMTPSenderRefused,
     SMTPServerDisconnected,
 )
+from aiosmtplib.email import quote_address
+from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from notifier.dispatch.transport import RelayConfig, SMTPTransport, translate
+from notifier.dispatch.transport import (
+    RelayConfig,
+    SMTPTransport,
+    data_block,
+    smtp_path,
+    translate,
+)
 from notifier.domain import Address, Content
 from notifier.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from notifier.message import render
@@ -261,3 +271,91 @@ async def test_unreachable_relay_is_a_transient_relay_fault() -> None:
     assert caught.value.relay is True
     assert caught.value.code is None
     assert isinstance(caught.value.__cause__, SMTPConnectError)
+
+
+#: Addresses the fast path must bracket as aiosmtplib does, or leave to aiosmtplib.
+ADDRESSES = [
+    ADA,
+    "first.last+tag@mail.example.co.uk",
+    "o'brien@example.com",
+    "!#$%&'*+/=?^_`{|}~-@example.com",
+    "josé@exämple.com",
+    '"quoted local"@example.com',
+    "Ada Lovelace <ada@example.com>",
+    "ada@[192.0.2.1]",
+    "a..b@example.com",
+    ".ada@example.com",
+]
+
+
+@pytest.mark.parametrize("address", ADDRESSES)
+def test_envelope_address_is_bracketed_as_aiosmtplib_quotes_it(address: str) -> None:
+    assert smtp_path(address) == quote_address(address)
+
+
+@settings(max_examples=500, derandomize=True, deadline=None)
+@given(st.text(st.characters(codec="utf-8"), max_size=40))
+def test_any_envelope_address_is_bracketed_or_refused_as_aiosmtplib_does(address: str) -> None:
+    try:
+        expected = quote_address(address)
+    except ValueError:
+        with pytest.raises(ValueError, match="not permitted"):
+            smtp_path(address)
+    else:
+        assert smtp_path(address) == expected
+
+
+def aiosmtplib_data_block(message: bytes) -> bytes:
+    """What aiosmtplib's ``execute_data_command`` writes for ``message``."""
+    return PERIOD_REGEX.sub(b"..", normalize_message_line_endings(message)) + b".\r\n"
+
+
+@pytest.mark.parametrize(
+    "message",
+    [b"", b".", b"a", b".a\r\n..b\r\n.\r\nc", b"a\nb\rc\r\n", b"\r\r\n\n.", b"x\r\n.\r\n"],
+)
+def test_data_block_is_what_aiosmtplib_sends(message: bytes) -> None:
+    assert data_block(message) == aiosmtplib_data_block(message)
+
+
+@settings(max_examples=500, derandomize=True, deadline=None)
+@given(st.lists(st.sampled_from([b"\r\n", b"\n", b"\r", b".", b"..", b"a", b" "]), max_size=30))
+def test_any_data_block_is_what_aiosmtplib_sends(pieces: list[bytes]) -> None:
+    message = b"".join(pieces)
+    assert data_block(message) == aiosmtplib_data_block(message)
+
+
+async def test_lines_that_start_with_a_dot_arrive_as_written(
+    transport: SMTPTransport, smtp_handler: ScriptedHandler
+) -> None:
+    content = Content(
+        sender=Address(SENDER),
+        to=(Address(ADA),),
+        subject="Dots",
+        text=".first\n..second\n.\nlast",
+    )
+    sent = render(content, message_id="<dots@example.com>", created_at=1_700_000_000.0)
+
+    report = await transport.send(SENDER, [ADA], sent)
+
+    assert report.data is not None
+    (received,) = smtp_handler.received
+    assert received.data.replace(b"\r\n", b"\n") == sent.replace(b"\r\n", b"\n")
+    text = received.message.get_content().replace("\r\n", "\n")
+    assert text == ".first\n..second\n.\nlast\n"
+
+
+async def test_relay_closing_at_rcpt_gets_no_data_and_the_next_send_reconnects(
+    transport: SMTPTransport, smtp_handler: ScriptedHandler
+) -> None:
+    smtp_handler.rcpt_replies[ADA].append("421 4.3.2 Shutting down")
+
+    closed = await transport.send(SENDER, [ADA], message(1))
+    sent = await transport.send(SENDER, [ADA], message(2))
+
+    assert closed.recipients[ADA].code == 421
+    assert closed.data is None
+    assert closed.data_error is None
+    assert sent.data is not None
+    assert smtp_handler.data_commands == 1
+    assert smtp_handler.sessions == 2
