@@ -15,7 +15,7 @@ from email.utils import format_datetime
 
 from notifier.domain import Content
 from notifier.wire import WIRE_POLICY as WIRE_POLICY
-from notifier.wire import header_address, render_fast
+from notifier.wire import header_address, render_fast, unstructured
 
 #: For internationalised addresses (RFC 6532): UTF-8 headers, sent only with SMTPUTF8.
 UTF8_POLICY = email.policy.SMTP.clone(utf8=True)
@@ -36,11 +36,11 @@ def build_message(content: Content, *, message_id: str, created_at: float) -> Em
         message["Cc"] = [header_address(a) for a in content.cc]
     if content.reply_to:
         message["Reply-To"] = [header_address(a) for a in content.reply_to]
-    message["Subject"] = content.subject
+    message["Subject"] = unstructured("Subject", content.subject)
     message["Date"] = format_datetime(datetime.fromtimestamp(created_at, UTC))
     message["Message-ID"] = message_id
     for name, value in content.headers.items():
-        message[name] = value
+        message[name] = unstructured(name, value)
     _set_body(message, content)
     return message
 

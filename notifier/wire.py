@@ -22,6 +22,7 @@ import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from email import quoprimime
+from email.header import Header
 from email.headerregistry import Address as HeaderAddress
 from email.utils import format_datetime
 
@@ -74,6 +75,35 @@ def header_address(address: Address) -> HeaderAddress:
     """The package's mailbox for ``address``: split at the last ``@``."""
     username, _, domain = address.address.rpartition("@")
     return HeaderAddress(display_name=address.name or "", username=username, domain=domain)
+
+
+class LiteralText(str):
+    """An unstructured header value that arrives as written, though it looks encoded.
+
+    The package decodes anything shaped like an RFC 2047 encoded word (``=?utf-8?q?hi?=``)
+    when a header is set, and then writes the decoded text, so readers would see ``hi``.
+    Set as this, the value is written as encoded words of its own text instead: the
+    package keeps a value that carries its header's ``name`` as it is, and folds it by
+    calling its ``fold``.
+    """
+
+    name: str
+
+    def __new__(cls, name: str, value: str) -> LiteralText:
+        text = super().__new__(cls, value)
+        text.name = name
+        return text
+
+    def fold(self, *, policy: email.policy.Policy) -> str:
+        encoded = Header(str(self), "utf-8", header_name=self.name).encode(
+            linesep=policy.linesep, maxlinelen=policy.max_line_length
+        )
+        return f"{self.name}: {encoded}{policy.linesep}"
+
+
+def unstructured(name: str, value: str) -> str:
+    """``value`` to set as header ``name``, so that readers see exactly ``value``."""
+    return LiteralText(name, value) if "=?" in value else value
 
 
 def make_boundary(*parts: bytes) -> bytes:
@@ -132,7 +162,7 @@ def _unstructured_header(name: str, value: str) -> bytes:
         return f"{name}:\r\n".encode("ascii")
     if value.isascii() and value.isprintable() and (line := _one_line(name, value)):
         return line
-    return _folded(name, value)
+    return _folded(name, unstructured(name, value))
 
 
 def _address_header(name: str, mailboxes: tuple[Address, ...]) -> bytes:

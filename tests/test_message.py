@@ -11,6 +11,8 @@ from email.message import EmailMessage
 from email.utils import parsedate_to_datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from notifier.domain import Address, Content
 from notifier.message import message_id_for, render
@@ -159,13 +161,28 @@ def test_non_ascii_subject_is_rfc2047_encoded() -> None:
     assert parse(raw)["Subject"] == subject
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a literal subject that looks like an RFC 2047 encoded-word is sent unescaped, "
-    "so recipients see the decoded text instead of what the caller wrote",
+@pytest.mark.parametrize(
+    "subject",
+    ["=?utf-8?q?hello?=", "Re: =?iso-8859-1?b?SGk=?= again", "Prix =?utf-8?q?caf=C3=A9?= " * 6],
 )
-def test_subject_that_looks_like_an_encoded_word_arrives_as_written() -> None:
-    subject = "=?utf-8?q?hello?="
+def test_subject_that_looks_like_an_encoded_word_arrives_as_written(subject: str) -> None:
+    assert parse(wire(replace(CONTENT, subject=subject)))["Subject"] == subject
+
+
+@settings(max_examples=300, derandomize=True, deadline=None)
+@given(st.text(st.sampled_from("ab =?_Qqé日"), max_size=60).map(lambda t: f"=?{t}?="))
+def test_any_subject_with_encoded_word_marks_arrives_as_written(subject: str) -> None:
+    assert parse(wire(replace(CONTENT, subject=subject)))["Subject"] == subject
+
+
+def test_custom_header_that_looks_like_an_encoded_word_arrives_as_written() -> None:
+    headers = {"X-Note": "=?utf-8?q?hello?="}
+
+    assert parse(wire(replace(CONTENT, headers=headers)))["X-Note"] == "=?utf-8?q?hello?="
+
+
+def test_subject_with_literal_marks_but_no_encoded_word_stays_readable() -> None:
+    subject = "Is 2+2 =? 4"
 
     assert parse(wire(replace(CONTENT, subject=subject)))["Subject"] == subject
 
