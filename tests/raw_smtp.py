@@ -421,12 +421,12 @@ class _Conversation:
                 self._writer.close()
                 return False
             case Hangup(line):
-                self._writer.write(line.encode() + b"\r\n")
+                self._writer.write(_wire(line))
                 await self._writer.drain()
                 self._writer.close()
                 return False
             case str():
-                self._writer.write(reply.encode() + b"\r\n")
+                self._writer.write(_wire(reply))
         await self._writer.drain()
         return True
 
@@ -448,3 +448,8 @@ def _address(argument: str) -> str:
     if rest.startswith("<"):
         return rest[1:].partition(">")[0]
     return rest.partition(" ")[0]
+
+
+def _wire(line: str) -> bytes:
+    """A reply line as sent; lone surrogates (``"\\udcff"``) stand for bytes that are not UTF-8."""
+    return line.encode("utf-8", "surrogateescape") + b"\r\n"

@@ -341,6 +341,28 @@ async def test_sender_refused_at_mail_from_fails_after_one_attempt_without_rcpt_
     assert raw.received == []
 
 
+async def test_reply_text_that_is_not_utf8_is_recorded_readably_and_sent_once(
+    make_settings: MakeSettings, raw: RawSMTPServer
+) -> None:
+    raw.script(
+        Session(
+            replies={
+                "RCPT": ["250 2.1.5 Ok", "550 5.1.1 Unbekannt \udcfc"],
+                END_OF_DATA: "250 2.0.0 Angenommen \udcff\udcfe",
+            }
+        )
+    )
+
+    async with running_app(relayed_by(make_settings, raw)) as client:
+        doc = await wait_for(client, await post(client, to=[ADA, BOB]))
+
+    assert doc["status"] == "partially_sent"
+    messages = {r["address"]: r["smtp_message"] for r in doc["recipients"]}
+    assert messages == {ADA: "2.0.0 Angenommen \ufffd\ufffd", BOB: "5.1.1 Unbekannt \ufffd"}
+    assert attempts(doc) == [("partially_sent", 250, False, False)]
+    assert len(raw.received) == 1
+
+
 async def test_recipients_all_refused_with_mixed_codes_fail_the_permanent_and_retry_the_rest(
     make_settings: MakeSettings, raw: RawSMTPServer
 ) -> None:

@@ -141,14 +141,14 @@ class SMTPTransport:
         for address in recipients:
             rcpt = b"TO:" + smtp_path(address).encode(encoding)
             reply = await _command(client, b"RCPT", rcpt, limit=timeout)
-            report.recipients[address] = Reply(reply.code, reply.message)
+            report.recipients[address] = _reply(reply)
         if not any(is_success(r.code) for r in report.recipients.values()):
             await _reset(client)
             return report
         # Up to the go-ahead nothing of the message has gone out: a failure is known.
         reply = await _command(client, b"DATA", limit=timeout)
         if reply.code != START_INPUT:
-            report.data_error = reply_error(reply.code, reply.message, stage="DATA")
+            report.data_error = reply_error(reply.code, _readable(reply.message), stage="DATA")
             await _reset(client)
             return report
         protocol = _protocol(client)
@@ -159,16 +159,16 @@ class SMTPTransport:
             # Lost, timed out or garbled after the body went out: the relay may have it.
             client.close()
             report.data_error = TransientDeliveryError(
-                f"DATA: outcome unknown, {exc}; retrying under the same Message-ID",
+                f"DATA: outcome unknown, {_readable(str(exc))}; retrying under the same Message-ID",
                 unknown_outcome=True,
             )
             return report
         if not is_success(reply.code):
             # A reply code, so the outcome is known, even if the relay hangs up next.
-            report.data_error = reply_error(reply.code, reply.message, stage="DATA")
+            report.data_error = reply_error(reply.code, _readable(reply.message), stage="DATA")
             await _reset(client)
             return report
-        report.data = Reply(reply.code, reply.message)
+        report.data = _reply(reply)
         connection.messages += 1
         return report
 
@@ -275,6 +275,21 @@ async def _command(client: aiosmtplib.SMTP, *args: bytes, limit: float) -> aiosm
     return reply
 
 
+def _reply(response: aiosmtplib.SMTPResponse) -> Reply:
+    return Reply(response.code, _readable(response.message))
+
+
+def _readable(text: str) -> str:
+    """Reply text as stored and shown: bytes that were not UTF-8 become U+FFFD.
+
+    aiosmtplib keeps such bytes as lone surrogates, which neither JSON nor a log file
+    can hold: left in, recording the attempt fails and the message is sent again.
+    """
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def smtp_path(address: str) -> str:
     """``<address>`` for MAIL and RCPT, as ``aiosmtplib.email.quote_address`` writes it.
 
@@ -316,26 +331,26 @@ def translate(exc: BaseException) -> DeliveryError:
     """The one place aiosmtplib's failures become notifier's, decided by reply code."""
     match exc:
         case aiosmtplib.SMTPAuthenticationError():
-            return reply_error(exc.code, exc.message, stage="AUTH", relay=True)
+            return reply_error(exc.code, _readable(exc.message), stage="AUTH", relay=True)
         case aiosmtplib.SMTPConnectResponseError():
-            return reply_error(exc.code, exc.message, stage="greeting", relay=True)
+            return reply_error(exc.code, _readable(exc.message), stage="greeting", relay=True)
         case aiosmtplib.SMTPHeloError():
-            return reply_error(exc.code, exc.message, stage="EHLO", relay=True)
+            return reply_error(exc.code, _readable(exc.message), stage="EHLO", relay=True)
         case aiosmtplib.SMTPSenderRefused():
-            return reply_error(exc.code, exc.message, stage="MAIL FROM")
+            return reply_error(exc.code, _readable(exc.message), stage="MAIL FROM")
         case aiosmtplib.SMTPDataError():
-            return reply_error(exc.code, exc.message, stage="DATA")
+            return reply_error(exc.code, _readable(exc.message), stage="DATA")
         case aiosmtplib.SMTPResponseException():
-            return reply_error(exc.code, exc.message, stage="reply")
+            return reply_error(exc.code, _readable(exc.message), stage="reply")
         case aiosmtplib.SMTPConnectError():
-            return connection_error(str(exc), stage="connect")
+            return connection_error(_readable(str(exc)), stage="connect")
         case aiosmtplib.SMTPTimeoutError():
             return TransientDeliveryError(f"timeout: {exc}")
         case aiosmtplib.SMTPServerDisconnected():
             return TransientDeliveryError(f"connection lost: {exc}")
         case aiosmtplib.SMTPException():
             # STARTTLS refused or not offered, and other relay-level refusals without a code.
-            return connection_error(str(exc), stage="relay")
+            return connection_error(_readable(str(exc)), stage="relay")
         case ssl.SSLError():
             return connection_error(f"TLS failure: {exc}", stage="TLS")
         case UnicodeError() | ValueError():
