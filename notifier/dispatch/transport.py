@@ -135,18 +135,17 @@ class SMTPTransport:
         self, connection: _Connection, recipients: list[str], message: bytes, *, smtputf8: bool
     ) -> SendReport:
         client = connection.client
-        timeout = self._config.timeout
         report = SendReport()
         encoding = "utf-8" if smtputf8 else "ascii"
         for address in recipients:
             rcpt = b"TO:" + smtp_path(address).encode(encoding)
-            reply = await _command(client, b"RCPT", rcpt, limit=timeout)
+            reply = await _command(client, b"RCPT", rcpt, limit=self._config.timeout)
             report.recipients[address] = _reply(reply)
         if not any(is_success(r.code) for r in report.recipients.values()):
             await _reset(client)
             return report
         # Up to the go-ahead nothing of the message has gone out: a failure is known.
-        reply = await _command(client, b"DATA", limit=timeout)
+        reply = await _command(client, b"DATA", limit=self._config.data_timeout)
         if reply.code != START_INPUT:
             report.data_error = reply_error(reply.code, _readable(reply.message), stage="DATA")
             await _reset(client)
