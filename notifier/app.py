@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
+from fastapi.routing import APIRoute
 
 from notifier import __version__
 from notifier.api import health, metrics, notifications, problem
@@ -68,6 +69,8 @@ def create_app(settings: Settings) -> FastAPI:
     )
     for router in (notifications.router, health.router, metrics.router):
         _add_routes(app, router)
+    # FastAPI put its documentation routes first; every request was matched against them.
+    app.router.routes.sort(key=lambda route: not isinstance(route, APIRoute))
     problem.install(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(RateLimitHeaders)
