@@ -7,12 +7,13 @@ characters are refused wherever they could reach a header.
 
 from __future__ import annotations
 
-import json
+import math
 import re
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Annotated, Any
 
+import orjson
 from email_validator import EmailNotValidError, validate_email
 from pydantic import (
     AfterValidator,
@@ -152,12 +153,7 @@ class NotificationRequest(BaseModel):
                 raise ValueError(f"header {name!r}: only custom `X-` headers may be set")
             if len(value) > MAX_HEADER_VALUE:
                 raise ValueError(f"header {name!r} is longer than {MAX_HEADER_VALUE} characters")
-        try:
-            json.dumps(self.metadata, ensure_ascii=False, allow_nan=False).encode()
-        except UnicodeEncodeError:
-            raise ValueError("metadata holds a string that is not valid Unicode") from None
-        except (ValueError, TypeError) as exc:
-            raise ValueError(f"metadata must be plain JSON: {exc}") from None
+        _check_metadata(self.metadata)
         return self
 
     def recipients(self) -> list[Recipient]:
@@ -205,6 +201,32 @@ class NotificationRequest(BaseModel):
             html=self.html,
             headers=dict(self.headers),
         )
+
+
+def _check_metadata(metadata: dict[str, Any]) -> None:
+    """Refuse metadata the store could not write back as the same JSON.
+
+    Checked with orjson, which the store writes it with: it refuses lone surrogates and
+    integers beyond 64 bits, and would write NaN and infinity as ``null``.
+    """
+    try:
+        orjson.dumps(metadata)
+    except orjson.JSONEncodeError as exc:
+        if "surrogates" in str(exc):
+            raise ValueError("metadata holds a string that is not valid Unicode") from None
+        raise ValueError(f"metadata must be plain JSON: {exc}") from None
+    if _non_finite(metadata):
+        raise ValueError("metadata must be plain JSON: NaN and infinity are not JSON numbers")
+
+
+def _non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_non_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_non_finite(v) for v in value)
+    return False
 
 
 def to_address(item: str | NamedAddress) -> Address:

@@ -69,6 +69,11 @@ async def test_lone_surrogates_are_refused(client: httpx.AsyncClient, raw: bytes
         pytest.param(
             b'{"to": ["a@example.com"], "text": "x", "metadata": {"n": NaN}}', 422, id="nan"
         ),
+        pytest.param(
+            b'{"to": ["a@example.com"], "text": "x", "metadata": {"n": 1' + b"0" * 30 + b"}}",
+            422,
+            id="integer-beyond-64-bits",
+        ),
     ],
 )
 async def test_malformed_json_is_refused(

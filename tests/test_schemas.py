@@ -236,6 +236,20 @@ def test_lone_surrogate_in_metadata_is_rejected(metadata: dict[str, Any]) -> Non
         validate(metadata=metadata)
 
 
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        pytest.param({"n": 2**64}, id="integer-beyond-64-bits"),
+        pytest.param({"nested": [{"n": -(2**70)}]}, id="nested-integer"),
+        pytest.param({"x": float("nan")}, id="nan"),
+        pytest.param({"nested": {"list": [1.0, float("-inf")]}}, id="infinity"),
+    ],
+)
+def test_metadata_the_store_cannot_write_back_is_rejected(metadata: dict[Any, Any]) -> None:
+    with pytest.raises(ValidationError, match="metadata must be plain JSON"):
+        validate(metadata=metadata)
+
+
 def test_non_ascii_metadata_is_kept() -> None:
     metadata = {"city": "Köln", "tags": ["☃"], "count": 3}
 
