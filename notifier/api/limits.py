@@ -8,7 +8,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class BodySizeLimit:
-    """Refuses bodies over ``max_bytes`` without reading past the limit."""
+    """Refuses bodies over ``max_bytes`` without reading past the limit.
+
+    A declared ``Content-Length`` is the body's exact length (the server frames the
+    request by it), so a body declared within the limit goes through untouched; only
+    a chunked body is counted as it is read.
+    """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -18,9 +23,12 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+        declared = _declared_length(scope["headers"])
+        if declared is not None and declared > self.max_bytes:
             await self._refuse(send)
+            return
+        if declared is not None:
+            await self.app(scope, receive, send)
             return
         chunks: list[bytes] = []
         size = 0
@@ -47,6 +55,17 @@ class BodySizeLimit:
         headers.append((b"content-length", str(len(payload)).encode()))
         await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
+
+
+def _declared_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    """The ``Content-Length`` that frames the body, or ``None`` when it is chunked or unknown."""
+    length = None
+    for name, value in headers:
+        if name == b"transfer-encoding":
+            return None
+        if name == b"content-length" and value.isdigit():
+            length = int(value)
+    return length
 
 
 def _replay(messages: list[Message], then: Receive | None = None) -> Receive:

@@ -22,6 +22,11 @@ from notifier.settings import Settings
 STATE_KEY = "rate_limit_headers"
 
 MINUTE = 60.0
+#: The headers' names as they go on the wire, encoded once.
+_WIRE_NAMES = {
+    name: name.lower().encode()
+    for name in ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset", "Retry-After")
+}
 
 
 @dataclass(slots=True)
@@ -132,13 +137,15 @@ class RateLimitHeaders:
             state = scope.get("state") or {}
             headers = state.get(STATE_KEY)
             if message["type"] == "http.response.start" and headers:
-                present = {name.lower() for name, _ in message.get("headers", [])}
+                existing = message.get("headers", [])
+                # ASGI header names are lower case; a refusal may carry these already.
+                present = {name for name, _ in existing if name.startswith(b"ratelimit-")}
                 extra = [
-                    (k.lower().encode(), v.encode())
-                    for k, v in headers.items()
-                    if k.lower().encode() not in present
+                    (wire, value.encode())
+                    for key, value in headers.items()
+                    if (wire := _WIRE_NAMES.get(key) or key.lower().encode()) not in present
                 ]
-                message["headers"] = [*message.get("headers", []), *extra]
+                message["headers"] = [*existing, *extra]
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
