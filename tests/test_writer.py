@@ -1,9 +1,10 @@
-"""Group commit: one transaction per batch, a failing job rolled back alone, and a
-batch's plain inserts run as one statement."""
+"""Group commit: one transaction per batch, a failing job rolled back alone, a batch's
+plain inserts run as one statement, and writes that can wait waiting for company."""
 
 from __future__ import annotations
 
 import asyncio
+import queue
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 
 from notifier.errors import StoreError
-from notifier.store.writer import Job, commit, connect, settle
+from notifier.store.writer import LINGER_SLICES, MAX_BATCH, Job, commit, connect, settle, take_batch
 
 
 @pytest.fixture
@@ -164,3 +165,75 @@ async def test_a_failed_commit_fails_every_job_and_says_why(
             await job.future
     connection.execute("PRAGMA query_only = 0")
     assert keys(connection) == set()
+
+
+DELAY = 0.004
+SLICE = DELAY / LINGER_SLICES
+
+
+class Queued:
+    """A writer's queue, and a stand-in for its sleep that can queue jobs meanwhile."""
+
+    def __init__(self, *jobs: Job | None) -> None:
+        self.jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        for job in jobs:
+            self.jobs.put(job)
+        self.slept: list[float] = []
+        #: Jobs to queue during each sleep, in turn.
+        self.arriving: list[list[Job]] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        for job in self.arriving.pop(0) if self.arriving else []:
+            self.jobs.put(job)
+
+    def take(self) -> list[Job] | None:
+        return take_batch(self.jobs, DELAY, self.sleep)
+
+
+def job(*, can_wait: bool) -> Job:
+    return Job(insert("x"), asyncio.get_running_loop().create_future(), can_wait=can_wait)
+
+
+async def test_writes_that_can_wait_wait_the_commit_delay_for_company() -> None:
+    first, second, third = (job(can_wait=True) for _ in range(3))
+    queued = Queued(first)
+    queued.arriving = [[second], [], [third]]
+
+    assert queued.take() == [first, second, third]
+    assert queued.slept == [SLICE] * LINGER_SLICES
+
+
+async def test_a_write_someone_awaits_ends_the_wait_within_one_slice() -> None:
+    waiting, awaited, later = job(can_wait=True), job(can_wait=False), job(can_wait=True)
+    queued = Queued(waiting)
+    queued.arriving = [[], [awaited], [later]]
+
+    assert queued.take() == [waiting, awaited]
+    assert queued.slept == [SLICE, SLICE]
+
+
+async def test_a_batch_that_starts_with_a_write_someone_awaits_does_not_wait() -> None:
+    awaited, queued_behind = job(can_wait=False), job(can_wait=True)
+    queued = Queued(awaited, queued_behind)
+
+    assert queued.take() == [awaited, queued_behind]
+    assert queued.slept == []
+
+
+async def test_the_stop_signal_ends_the_wait_and_stays_queued_for_the_next_take() -> None:
+    waiting = job(can_wait=True)
+    queued = Queued(waiting, None)
+
+    assert queued.take() == [waiting]
+    assert queued.slept == []
+    assert queued.take() is None
+
+
+async def test_a_full_batch_does_not_wait() -> None:
+    many = [job(can_wait=True) for _ in range(MAX_BATCH + 1)]
+    queued = Queued(*many)
+
+    assert queued.take() == many[:MAX_BATCH]
+    assert queued.slept == []
+    assert queued.take() == many[MAX_BATCH:]

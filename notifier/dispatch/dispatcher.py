@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 #: loop before its first await; claiming in small batches, with an await between
 #: them, keeps every burst of that work to milliseconds however high the concurrency.
 CLAIM_BATCH = 16
+#: How many notifications are claimed ahead of the free connections. A claim waits for
+#: a commit, which the store may put off for company (``store/writer.py``); this many
+#: in hand keep every connection busy meanwhile (``benchmarks/LEVERS.md``).
+CLAIM_AHEAD = 64
 
 
 class Dispatcher:
@@ -110,11 +114,11 @@ class Dispatcher:
     async def _run(self) -> None:
         while True:
             self._wake.clear()
-            # Up to a batch more than the slots is claimed, so a slot that frees up
-            # starts its next send at once instead of waiting for a claim to commit.
+            # More is claimed than there are slots, so a slot that frees up starts its
+            # next send at once instead of waiting for a claim to commit.
             free = min(
-                self._concurrency + CLAIM_BATCH - self._unsent,
-                self._concurrency * 2 + CLAIM_BATCH - len(self._in_flight),
+                self._concurrency + CLAIM_AHEAD - self._unsent,
+                self._concurrency * 2 + CLAIM_AHEAD - len(self._in_flight),
                 CLAIM_BATCH,
             )
             allowed = self.breaker.allowance(free)

@@ -233,7 +233,9 @@ class SQLiteStore:
             "DELETE FROM idempotency_keys WHERE (owner, key) IN (SELECT owner, key "
             "FROM idempotency_keys WHERE expires_at < ? ORDER BY expires_at LIMIT ?)"
         )
-        purged: int = await self._write(lambda c: c.execute(sql, (now, limit)).rowcount)
+        purged: int = await self._write(
+            lambda c: c.execute(sql, (now, limit)).rowcount, can_wait=True
+        )
         return purged
 
     async def purge_finished(self, *, before: float, limit: int) -> int:
@@ -242,7 +244,9 @@ class SQLiteStore:
             "WHERE visible_at IS NULL AND updated_at < ? AND ack_final = 1 "
             "ORDER BY updated_at LIMIT ?)"
         )
-        purged: int = await self._write(lambda c: c.execute(sql, (before, limit)).rowcount)
+        purged: int = await self._write(
+            lambda c: c.execute(sql, (before, limit)).rowcount, can_wait=True
+        )
         return purged
 
     async def cancel(self, notification_id: str, *, now: float) -> tuple[bool, Notification | None]:
@@ -323,7 +327,7 @@ class SQLiteStore:
             "limit": limit,
             "interrupted": _INTERRUPTED,
         }
-        rows = await self._write(lambda c: c.execute(CLAIM, params).fetchall())
+        rows = await self._write(lambda c: c.execute(CLAIM, params).fetchall(), can_wait=True)
         claimed = [_from_row(r) for r in rows]
         # RETURNING yields rows in no particular order; hand them out oldest due first.
         claimed.sort(key=lambda n: n.next_attempt_at or n.created_at)
@@ -345,7 +349,7 @@ class SQLiteStore:
             "lease_owner": lease_owner,
             "attempt_count": n.attempt_count,
         }
-        changed = await self._write(lambda c: c.execute(FINISH, params).rowcount)
+        changed = await self._write(lambda c: c.execute(FINISH, params).rowcount, can_wait=True)
         return changed == 1
 
     async def extend_leases(self, *, owner: str, ids: Sequence[str], until: float) -> None:
@@ -353,7 +357,7 @@ class SQLiteStore:
             "UPDATE notifications SET visible_at = ? WHERE lease_owner = ? "
             "AND status = 'sending' AND id IN (SELECT value FROM json_each(?))"
         )
-        await self._write(lambda c: c.execute(sql, (until, owner, _dump(list(ids)))))
+        await self._write(lambda c: c.execute(sql, (until, owner, _dump(list(ids)))), can_wait=True)
 
     async def release_leases(self, *, now: float, owner: str | None = None) -> int:
         sql = "UPDATE notifications SET visible_at = ? WHERE status = 'sending'"
@@ -380,7 +384,7 @@ class SQLiteStore:
                     (orjson.dumps(list(final)),),
                 )
 
-        await self._write(mark)
+        await self._write(mark, can_wait=True)
 
     async def unacknowledged(self, *, limit: int) -> list[Notification]:
         sql = (
@@ -390,10 +394,17 @@ class SQLiteStore:
         rows = await self._read(lambda c: c.execute(sql, (limit,)).fetchall())
         return [_from_row(r) for r in rows]
 
-    async def _write(self, job: Callable[[sqlite3.Connection], T], row: Row | None = None) -> T:
+    async def _write(
+        self,
+        job: Callable[[sqlite3.Connection], T],
+        row: Row | None = None,
+        *,
+        can_wait: bool = False,
+    ) -> T:
+        """Run ``job`` on the writer; ``can_wait`` for delivery's own writes (see the writer)."""
         if self._writer is None:
             raise StoreError("the store is closed")
-        return await self._writer.submit(job, row)
+        return await self._writer.submit(job, row, can_wait=can_wait)
 
     async def _read(self, job: Callable[[sqlite3.Connection], T]) -> T:
         if self._read_pool is None:
