@@ -25,6 +25,7 @@ from email import quoprimime
 from email.header import Header
 from email.headerregistry import Address as HeaderAddress
 from email.utils import format_datetime
+from functools import lru_cache
 
 from notifier.domain import Address, Content
 
@@ -199,7 +200,12 @@ def _mailbox(address: Address) -> str | None:
 
 
 def _date_header(created_at: float) -> bytes:
-    moment = datetime.fromtimestamp(created_at, UTC)
+    return _date_header_at(datetime.fromtimestamp(created_at, UTC).replace(microsecond=0))
+
+
+@lru_cache(maxsize=256)
+def _date_header_at(moment: datetime) -> bytes:
+    """Remembered per second: notifications sent together were mostly created together."""
     value = format_datetime(moment)
     # The package parses the date back; a year below 1000 would not come back the same.
     if moment.year >= 1000 and (line := _one_line("Date", value)):
