@@ -144,7 +144,12 @@ class Dispatcher:
         now = self._clock()
         try:
             return await self._store.claim(
-                owner=self.owner, now=now, lease_until=now + self._lease_seconds, limit=limit
+                owner=self.owner,
+                now=now,
+                lease_until=now + self._lease_seconds,
+                limit=limit,
+                # With a connection idle, the claim is urgent; with more in hand, not.
+                can_wait=self._unsent >= self._concurrency,
             )
         except StoreError as exc:
             log.error("claiming due notifications failed: %s", exc)

@@ -64,12 +64,13 @@ class Store(Protocol):
         """Newest first, ids strictly below ``before_id``, only ``owner``'s when given."""
 
     async def claim(
-        self, *, owner: str, now: float, lease_until: float, limit: int
+        self, *, owner: str, now: float, lease_until: float, limit: int, can_wait: bool = False
     ) -> list[Notification]:
         """Lease up to ``limit`` due notifications to ``owner`` and mark them sending.
 
         A notification found still ``sending`` under an expired lease gets an
-        ``interrupted`` attempt appended before it is leased again.
+        ``interrupted`` attempt appended before it is leased again. ``can_wait`` when
+        the caller has work in hand meanwhile: the store may then batch the write.
         """
 
     async def finish_attempt(self, notification: Notification, *, lease_owner: str) -> bool:

@@ -318,7 +318,7 @@ class SQLiteStore:
         return [_from_row(r) for r in rows]
 
     async def claim(
-        self, *, owner: str, now: float, lease_until: float, limit: int
+        self, *, owner: str, now: float, lease_until: float, limit: int, can_wait: bool = False
     ) -> list[Notification]:
         params = {
             "owner": owner,
@@ -327,7 +327,7 @@ class SQLiteStore:
             "limit": limit,
             "interrupted": _INTERRUPTED,
         }
-        rows = await self._write(lambda c: c.execute(CLAIM, params).fetchall(), can_wait=True)
+        rows = await self._write(lambda c: c.execute(CLAIM, params).fetchall(), can_wait=can_wait)
         claimed = [_from_row(r) for r in rows]
         # RETURNING yields rows in no particular order; hand them out oldest due first.
         claimed.sort(key=lambda n: n.next_attempt_at or n.created_at)

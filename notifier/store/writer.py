@@ -13,10 +13,11 @@ with no ``BEGIN`` and ``COMMIT`` around it (a single statement is its own transa
 
 A commit is the writer's dearest step: it appends every page the batch dirtied to the
 WAL and fsyncs it, about 0.12 ms of CPU each here, against about 0.013 ms for an
-outcome's ``UPDATE``. Delivery's own writes (claims, outcomes, acknowledgment marks,
-lease renewals) therefore wait up to :data:`COMMIT_DELAY` for company, which halves
-the commits; the dispatcher claims far enough ahead not to notice. A write a caller
-awaits (an insert behind a ``202``, a cancel) ends the wait at once.
+outcome's ``UPDATE``. Delivery's own writes (outcomes, acknowledgment marks, lease
+renewals, and claims while every connection is busy) therefore wait up to
+:data:`COMMIT_DELAY` for company, which halves the commits; the dispatcher claims far
+enough ahead not to notice. A write a caller awaits (an insert behind a ``202``, a
+cancel, a claim for an idle connection) ends the wait at once.
 """
 
 from __future__ import annotations
