@@ -6,6 +6,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_fixed
+
+from notifier.dispatch.ack import retried
 from notifier.store import SQLiteStore
 from tests.conftest import MakeSettings, post, running_app, wait_for
 from tests.test_store import make_notification
@@ -74,3 +78,67 @@ async def test_lines_missing_after_a_crash_are_written_at_start(
     events = [(line["id"], line["event"]) for line in read_lines(settings.ack_file)]
     assert (orphan.id, "accepted") in events
     assert (orphan.id, "expired") in events
+
+
+class Flaky:
+    """A write that fails ``failures`` times with ``error``, then succeeds."""
+
+    def __init__(self, failures: int, error: Exception) -> None:
+        self.failures = failures
+        self.error = error
+        self.calls = 0
+
+    async def __call__(self) -> None:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise self.error
+
+
+def retrying_on_oserror(slept: list[float], failed: list[int]) -> AsyncRetrying:
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    def before_sleep(state: RetryCallState) -> None:
+        failed.append(state.attempt_number)
+
+    return AsyncRetrying(
+        retry=retry_if_exception_type(OSError),
+        wait=wait_fixed(2),
+        sleep=sleep,
+        before_sleep=before_sleep,
+    )
+
+
+async def test_a_write_that_succeeds_at_once_never_sets_up_retries() -> None:
+    write = Flaky(0, OSError("unused"))
+
+    def no_retries() -> AsyncRetrying:
+        raise AssertionError("retries were set up for a write that succeeded")
+
+    await retried(write, no_retries)
+
+    assert write.calls == 1
+
+
+async def test_a_failing_write_is_retried_on_tenacitys_schedule_from_its_first_failure() -> None:
+    write = Flaky(2, OSError("disk full"))
+    slept: list[float] = []
+    failed: list[int] = []
+
+    await retried(write, lambda: retrying_on_oserror(slept, failed))
+
+    assert write.calls == 3
+    assert failed == [1, 2]
+    assert slept == [2, 2]
+
+
+async def test_a_failure_tenacity_does_not_retry_is_raised_after_one_call() -> None:
+    write = Flaky(1, ValueError("bug"))
+    slept: list[float] = []
+    failed: list[int] = []
+
+    with pytest.raises(ValueError, match="bug"):
+        await retried(write, lambda: retrying_on_oserror(slept, failed))
+
+    assert write.calls == 1
+    assert failed == []
