@@ -82,6 +82,11 @@ CREATE INDEX IF NOT EXISTS notifications_unacknowledged
     ON notifications (id) WHERE ack_accepted = 0 OR ack_final = 0;
 """
 
+#: Stored values back to members: a dict lookup, where calling the enum costs ten times more.
+_NOTIFICATION_STATUS = {member.value: member for member in NotificationStatus}
+_RECIPIENT_KIND = {member.value: member for member in RecipientKind}
+_RECIPIENT_STATUS = {member.value: member for member in RecipientStatus}
+
 _INTERRUPTED = "the sender stopped before recording an outcome; the message may have been delivered"
 
 #: Leases due work; a row still ``sending`` (its lease expired) gets an
@@ -576,7 +581,7 @@ def _from_row(row: sqlite3.Row) -> Notification:
     return Notification(
         id=row["id"],
         owner=row["owner"],
-        status=NotificationStatus(row["status"]),
+        status=_NOTIFICATION_STATUS[row["status"]],
         content=Content(
             sender=_address(content["sender"]),
             to=tuple(_address(a) for a in content["to"]),
@@ -590,8 +595,8 @@ def _from_row(row: sqlite3.Row) -> Notification:
         recipients=[
             Recipient(
                 address=r["address"],
-                kind=RecipientKind(r["kind"]),
-                status=RecipientStatus(r["status"]),
+                kind=_RECIPIENT_KIND[r["kind"]],
+                status=_RECIPIENT_STATUS[r["status"]],
                 smtp_code=r["smtp_code"],
                 smtp_message=r["smtp_message"],
             )
