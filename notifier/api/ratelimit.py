@@ -25,7 +25,7 @@ MINUTE = 60.0
 #: The headers' names as they go on the wire, encoded once.
 _WIRE_NAMES = {
     name: name.lower().encode()
-    for name in ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset", "Retry-After")
+    for name in ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset")
 }
 
 

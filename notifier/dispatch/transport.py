@@ -147,9 +147,7 @@ class SMTPTransport:
         # Up to the go-ahead nothing of the message has gone out: a failure is known.
         reply = await _command(client, b"DATA", limit=self._config.data_timeout)
         if reply.code != START_INPUT:
-            report.data_error = reply_error(reply.code, _readable(reply.message), stage="DATA")
-            await _reset(client)
-            return report
+            return await _refused(client, report, reply)
         protocol = _protocol(client)
         protocol.write(data_block(message))
         try:
@@ -163,10 +161,7 @@ class SMTPTransport:
             )
             return report
         if not is_success(reply.code):
-            # A reply code, so the outcome is known, even if the relay hangs up next.
-            report.data_error = reply_error(reply.code, _readable(reply.message), stage="DATA")
-            await _reset(client)
-            return report
+            return await _refused(client, report, reply)
         report.data = _reply(reply)
         connection.messages += 1
         return report
@@ -246,6 +241,16 @@ async def _reset(client: aiosmtplib.SMTP) -> None:
         await client.rset()
     except (aiosmtplib.SMTPException, OSError):
         client.close()
+
+
+async def _refused(
+    client: aiosmtplib.SMTP, report: SendReport, reply: aiosmtplib.SMTPResponse
+) -> SendReport:
+    """The relay refused the message at DATA: a reply code, so the outcome is known even
+    if the relay hangs up next; the session is reset for the next message."""
+    report.data_error = reply_error(reply.code, _readable(reply.message), stage="DATA")
+    await _reset(client)
+    return report
 
 
 async def _greet(client: aiosmtplib.SMTP) -> None:
