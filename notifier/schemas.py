@@ -11,7 +11,7 @@ import math
 import re
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Annotated, Any
+from typing import Annotated, Any, overload
 
 import orjson
 from email_validator import EmailNotValidError, validate_email
@@ -312,6 +312,12 @@ class ReadinessBody(BaseModel):
     checks: dict[str, str]
 
 
+@overload
+def iso(timestamp: float) -> str: ...
+@overload
+def iso(timestamp: None) -> None: ...
+@overload
+def iso(timestamp: float | None) -> str | None: ...
 def iso(timestamp: float | None) -> str | None:
     if timestamp is None:
         return None

@@ -34,12 +34,12 @@ ACCEPTED = "accepted"
 CATCH_UP_BATCH = 1000
 
 
-def ack_line(notification: Notification, event: str, at: float) -> dict[str, Any]:
-    """The record of ``event``: ids, addresses and outcomes, never the body."""
+def ack_line(notification: Notification, event: str, at: str) -> dict[str, Any]:
+    """The record of ``event`` at ISO time ``at``: ids, addresses and outcomes, never the body."""
     return {
         "id": notification.id,
         "event": event,
-        "at": iso(at),
+        "at": at,
         "message_id": notification.message_id,
         "recipients": [
             {"address": r.address, "kind": r.kind.value, "status": r.status.value}
@@ -108,8 +108,13 @@ class AckWriter:
             log.error("catching up acknowledgments failed; the next start retries: %s", exc)
 
     async def _write_with_retries(self, batch: list[tuple[Notification, str]]) -> None:
-        lines = "".join(
-            orjson.dumps(ack_line(n, event, self._clock())).decode() + "\n" for n, event in batch
+        # One write, so one time: that of the batch.
+        at = iso(self._clock())
+        lines = b"".join(
+            [
+                orjson.dumps(ack_line(n, event, at), option=orjson.OPT_APPEND_NEWLINE)
+                for n, event in batch
+            ]
         )
         loop = asyncio.get_running_loop()
         await retried(
@@ -164,9 +169,9 @@ async def retried(
     await retrying()(again)
 
 
-def _append(path: Path, lines: str) -> None:
+def _append(path: Path, lines: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as handle:
+    with open(path, "ab") as handle:
         handle.write(lines)
         handle.flush()
         os.fsync(handle.fileno())
