@@ -29,6 +29,7 @@ PACKAGES = (
     "aiosmtplib",
     "aiosmtpd",
     "tenacity",
+    "fastapi-mail",
 )
 
 

@@ -140,14 +140,17 @@ def start_sender(
     seconds: float,
     per_message: bool,
     prebuilt: bool,
+    fastapi_mail: bool = False,
 ) -> procs.Proc:
     argv = [procs.PYTHON, "-m", "benchmarks.smtp_sender", "--port", str(smtp_port)]
     argv += ["--connections", str(connections), "--seconds", f"{seconds:g}"]
     if per_message:
         argv.append("--per-message")
+    if fastapi_mail:
+        argv.append("--fastapi-mail")
     if prebuilt:
         argv.append("--prebuilt")
-    label = "bare aiosmtplib sender"
+    label = "fastapi-mail sender" if fastapi_mail else "bare aiosmtplib sender"
     return procs.Proc(label, argv, log=work / f"sender-{time.monotonic_ns()}.log").start()
 
 
