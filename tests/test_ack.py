@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from tests.test_store import make_notification
 
 
 def read_lines(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 async def test_accepted_and_terminal_lines_are_written_without_the_body(
@@ -39,6 +40,24 @@ async def test_accepted_and_terminal_lines_are_written_without_the_body(
     assert lines[1]["recipients"][0]["status"] == "sent"
     assert lines[1]["message_id"] == doc["message_id"]
     assert "secret" not in settings.ack_file.read_text()
+
+
+async def test_lines_are_utf8_json_lines_with_a_zoned_time(
+    make_settings: MakeSettings, tmp_path: Path
+) -> None:
+    settings = make_settings()
+    metadata = {"team": "Équipe ünïcode", "emoji": "\N{ENVELOPE}"}
+    async with running_app(settings) as client:
+        notification_id = await post(client, metadata=metadata)
+        await wait_for(client, notification_id, lambda d: d["acknowledged"])
+        await wait_for(client, notification_id)
+
+    raw = settings.ack_file.read_bytes()
+    assert raw.endswith(b"\n")
+    lines = [json.loads(line) for line in raw.decode("utf-8").splitlines()]
+    assert [line["metadata"] for line in lines] == [metadata, metadata]
+    for line in lines:
+        assert datetime.fromisoformat(line["at"]).tzinfo is not None
 
 
 async def test_unwritable_ack_file_delays_acknowledgment_but_not_delivery(
