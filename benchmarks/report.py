@@ -9,13 +9,12 @@ import platform
 import sqlite3
 import subprocess
 import sys
-from importlib import metadata
 from pathlib import Path
 
 from benchmarks import procs, profile
 from benchmarks.load import wrk_path
 from benchmarks.measure import CORES, LoadWatch, num
-from benchmarks.scenarios import Plan, Section
+from benchmarks.scenarios import Plan, Section, package_version
 
 PACKAGES = (
     "fastapi",
@@ -101,12 +100,7 @@ def commit() -> str:
 
 
 def machine(work: Path) -> list[tuple[str, str]]:
-    versions = []
-    for name in PACKAGES:
-        try:
-            versions.append(f"{name} {metadata.version(name)}")
-        except metadata.PackageNotFoundError:
-            versions.append(f"{name} (not installed)")
+    versions = [f"{name} {package_version(name) or '(not installed)'}" for name in PACKAGES]
     wrk = wrk_path()
     spy = profile.py_spy()
     return [

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import importlib.util
 import json
 import math
 import sqlite3
@@ -392,17 +391,19 @@ def _window(
     )
 
 
-def _version(package: str) -> str:
+def package_version(package: str) -> str | None:
+    """The installed version of ``package``, or ``None`` when it is not installed."""
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
-        return "(not installed)"
+        return None
 
 
 def delivery(b: Bench) -> Section:
     p = b.plan
     section = Section("2", "2. Delivery: notifier against bare aiosmtplib senders and fastapi-mail")
     wide = p.delivery_wide_concurrency
+    fastapi_mail_version = package_version("fastapi-mail")
     kinds = {
         "notifier": f"notifier, `NOTIFIER_SEND_CONCURRENCY={p.send_concurrency}`",
         "prebuilt": f"bare aiosmtplib, {p.send_concurrency} persistent connections, "
@@ -411,7 +412,7 @@ def delivery(b: Bench) -> Section:
         "rendering each message",
         "per_message": "bare aiosmtplib, a connection per message (fastapi-mail style), "
         f"{p.send_concurrency} at once",
-        "fastapi_mail": f"fastapi-mail {_version('fastapi-mail')} itself, "
+        "fastapi_mail": f"fastapi-mail {fastapi_mail_version} itself, "
         f"{p.send_concurrency} `send_message` calls at once",
         "wide": f"(informative) notifier, `NOTIFIER_SEND_CONCURRENCY={wide}`",
     }
@@ -420,7 +421,6 @@ def delivery(b: Bench) -> Section:
     def add(kind: str, key: str, value: float) -> None:
         fig[kind].setdefault(key, Figure()).add(value)
 
-    has_fastapi_mail = importlib.util.find_spec("fastapi_mail") is not None
     b.watch.quiet("delivery", patience=p.quiet_patience)
     sink = services.Sink(b.work)
     warm = min(1000, p.delivery_backlog // 10)
@@ -456,7 +456,7 @@ def delivery(b: Bench) -> Section:
                 ("prebuilt", False, True),
                 ("render", False, False),
                 ("per_message", True, False),
-                *([("fastapi_mail", False, False)] if has_fastapi_mail else []),
+                *([("fastapi_mail", False, False)] if fastapi_mail_version else []),
             ):
                 a = snapshot()
                 base, _ = sink.count()
@@ -538,7 +538,7 @@ def delivery(b: Bench) -> Section:
         "sender must do per message (build the RFC 5322 bytes) and so isolates notifier's own",
         "overhead (store, claims, leases, acknowledgments, bookkeeping).",
         "",
-        *_per_message_note(p, fig, has_fastapi_mail),
+        *_per_message_note(p, fig),
         *_wide_note(p, fig),
     ]
     goals = (
@@ -565,9 +565,7 @@ def delivery(b: Bench) -> Section:
     return section
 
 
-def _per_message_note(
-    p: Plan, fig: dict[str, dict[str, Figure]], has_fastapi_mail: bool
-) -> list[str]:
+def _per_message_note(p: Plan, fig: dict[str, dict[str, Figure]]) -> list[str]:
     """How far any sender over the same connections can get from one that reconnects."""
     persistent = ratio(fig["render"]["rate"].median, fig["per_message"]["rate"].median)
     lines = [
@@ -581,7 +579,7 @@ def _per_message_note(
             "Loopback connections are cheap to open, so a 3x goal against this sender asks",
             "notifier to outrun the bare persistent sender itself.",
         ]
-    if not has_fastapi_mail:
+    if not fig["fastapi_mail"]:
         return [*lines, "fastapi-mail is not installed (`pip install -e '.[bench]'`): no row."]
     return [
         *lines,
