@@ -21,6 +21,22 @@ class CaptureHandler:
     def __init__(self, mail_dir: Path) -> None:
         self.mail_dir = mail_dir
 
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        """Offer PIPELINING, as production relays do, so ``--dev`` sends the way they get sent.
+
+        aiosmtpd reads commands one after another from its stream, so it serves
+        pipelined ones (RFC 2920), but does not offer the extension itself.
+        """
+        session.host_name = hostname
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         path = self.save(envelope)
         return f"250 OK captured as {path.name}"

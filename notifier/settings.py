@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     smtp_ca_file: Path | None = None
     smtp_local_hostname: str = Field(default_factory=socket.gethostname)
     smtp_max_messages_per_connection: int = Field(default=100, ge=1)
+    smtp_pipelining: bool = True
 
     # Senders
     mail_from: str | None = None

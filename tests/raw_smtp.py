@@ -69,6 +69,12 @@ class Session:
     auth: tuple[str, ...] = ("PLAIN", "LOGIN")
     #: The certificate presented at STARTTLS, instead of the server's.
     tls_context: ssl.SSLContext | None = None
+    #: Offer PIPELINING (RFC 2920) in EHLO.
+    pipelining: bool = False
+    #: Hold the replies to MAIL and RCPT until another command comes, then send them
+    #: all in one write with its reply, as RFC 2920 lets a server do: a client that
+    #: waits for a reply before its next command waits forever.
+    group_replies: bool = False
     #: Per verb (EHLO, HELO, STARTTLS, AUTH, MAIL, RCPT, DATA, END_OF_DATA, RSET, NOOP, QUIT):
     #: one reply for every such command, or a sequence used one command at a time,
     #: after which the verb behaves normally again. A client that keeps the connection
@@ -261,6 +267,8 @@ class _Conversation:
         self._tls = False
         self._mail_from = ""
         self._rcpt_tos: list[str] = []
+        #: Replies held back under ``group_replies``.
+        self._held = bytearray()
 
     async def run(self) -> None:
         greeting = self._script.greeting
@@ -296,12 +304,12 @@ class _Conversation:
                 reply = self._reply("MAIL", "250 2.1.0 OK")
                 if _accepts(reply):
                     self._mail_from = _address(argument)
-                return await self._answer(reply)
+                return await self._answer(reply, hold=True)
             case "RCPT":
                 reply = self._reply("RCPT", "250 2.1.5 OK")
                 if _accepts(reply):
                     self._rcpt_tos.append(_address(argument))
-                return await self._answer(reply)
+                return await self._answer(reply, hold=True)
             case "DATA":
                 return await self._data()
             case "RSET":
@@ -316,6 +324,8 @@ class _Conversation:
 
     def _ehlo(self) -> str:
         offers = [f"{self._server.hostname} at your service", "8BITMIME"]
+        if self._script.pipelining:
+            offers.append("PIPELINING")
         if self._script.starttls and self._tls_context() is not None and not self._tls:
             offers.append("STARTTLS")
         if self._script.auth:
@@ -411,8 +421,17 @@ class _Conversation:
         self._server._record_line(self._lines, line)
         return line
 
-    async def _answer(self, reply: Reply) -> bool:
-        """Send ``reply``; False once the connection is closed."""
+    async def _answer(self, reply: Reply, *, hold: bool = False) -> bool:
+        """Send ``reply`` (after any held back); False once the connection is closed.
+
+        ``hold`` holds a plain reply back under the session's ``group_replies``.
+        """
+        if hold and self._script.group_replies and isinstance(reply, str):
+            self._held += _wire(reply)
+            return True
+        if self._held:
+            self._writer.write(bytes(self._held))
+            self._held.clear()
         match reply:
             case Action.GARBAGE:
                 self._writer.write(GARBAGE_LINE)

@@ -64,6 +64,9 @@ class ScriptedHandler:
     data_commands: int = 0
     #: Seconds each DATA takes before it is answered, so sends are in flight for a while.
     data_delay: float = 0.0
+    #: Offer PIPELINING (RFC 2920) in EHLO, as production relays do. aiosmtpd reads
+    #: commands one after another from its stream, so it serves pipelined ones.
+    pipelining: bool = True
     _stalled: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -84,6 +87,8 @@ class ScriptedHandler:
         with self._lock:
             self.sessions += 1
         session.host_name = hostname
+        if self.pipelining:
+            return [*responses[:-1], "250-PIPELINING", responses[-1]]
         return responses
 
     async def handle_MAIL(
@@ -146,8 +151,8 @@ def _drop(server: Any) -> str:
 class SMTPServer:
     """A started :class:`ScriptedHandler` on a free loopback port."""
 
-    def __init__(self, *, smtputf8: bool = False) -> None:
-        self.handler = ScriptedHandler()
+    def __init__(self, *, smtputf8: bool = False, pipelining: bool = True) -> None:
+        self.handler = ScriptedHandler(pipelining=pipelining)
         self.host = "127.0.0.1"
         self.port = free_port()
         self._controller = Controller(

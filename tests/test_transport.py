@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from aiosmtpd.controller import Controller
@@ -99,7 +99,9 @@ def test_translated_error_names_the_stage_and_the_reply(exc: BaseException, text
     assert text in str(translate(exc))
 
 
-def relay_config(port: int, max_messages_per_connection: int = 100) -> RelayConfig:
+def relay_config(
+    port: int, max_messages_per_connection: int = 100, *, pipelining: bool = True
+) -> RelayConfig:
     return RelayConfig(
         host="127.0.0.1",
         port=port,
@@ -112,6 +114,7 @@ def relay_config(port: int, max_messages_per_connection: int = 100) -> RelayConf
         ca_file=None,
         local_hostname="notifier.test",
         max_messages_per_connection=max_messages_per_connection,
+        pipelining=pipelining,
     )
 
 
@@ -128,11 +131,22 @@ def message(number: int, *to: str) -> bytes:
 class RestartedSMTPServer(SMTPServer):
     """A fresh server on the port of one that stopped: a relay that restarted."""
 
-    def __init__(self, port: int) -> None:
-        self.handler = ScriptedHandler()
+    def __init__(self, port: int, *, pipelining: bool) -> None:
+        self.handler = ScriptedHandler(pipelining=pipelining)
         self.host = "127.0.0.1"
         self.port = port
         self._controller = Controller(self.handler, hostname=self.host, port=port)
+
+
+@pytest.fixture(params=[True, False], ids=["pipelining offered", "lock-step"])
+def smtp(request: pytest.FixtureRequest) -> Iterator[SMTPServer]:
+    """The relay of every session test here, offering PIPELINING (RFC 2920) or not."""
+    server = SMTPServer(pipelining=request.param)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture
@@ -189,8 +203,11 @@ async def test_connection_dropped_at_mail_is_reopened_transparently(
     ]
 
 
-async def test_idle_connection_closed_by_a_restarted_relay_is_reopened_transparently() -> None:
-    first = SMTPServer()
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelining offered", "lock-step"])
+async def test_idle_connection_closed_by_a_restarted_relay_is_reopened_transparently(
+    pipelining: bool,
+) -> None:
+    first = SMTPServer(pipelining=pipelining)
     first.start()
     transport = SMTPTransport(relay_config(first.port))
     try:
@@ -198,7 +215,7 @@ async def test_idle_connection_closed_by_a_restarted_relay_is_reopened_transpare
             await transport.send(SENDER, [ADA], message(1))
         finally:
             first.stop()
-        second = RestartedSMTPServer(first.port)
+        second = RestartedSMTPServer(first.port, pipelining=pipelining)
         second.start()
         try:
             report = await transport.send(SENDER, [ADA], message(2))
