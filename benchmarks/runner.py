@@ -3,7 +3,7 @@
 Environment:
 
 - ``BENCH_QUICK=1``: a smoke run of a minute or two (fewer, shorter rounds, smaller counts).
-- ``BENCH_ONLY=1,3``: run only these sections (keys ``0 1 2 3 4 5a 5b 6``).
+- ``BENCH_ONLY=1,3``: run only these sections (keys ``0 1 2 2b 3 4 5a 5b 6``).
 - ``BENCH_LOADGEN=python``: use the Python generator even when wrk is installed.
 - ``BENCH_OUTPUT=path``: write the report there instead of ``benchmarks/RESULTS.md``.
 

@@ -63,14 +63,20 @@ def notifier_env(db: Path, smtp_port: int, *, concurrency: int = 16) -> dict[str
 
 
 def start_notifier(
-    work: Path, db: Path, smtp_port: int, *, concurrency: int = 16, label: str = "notifier"
+    work: Path,
+    db: Path,
+    smtp_port: int,
+    *,
+    concurrency: int = 16,
+    label: str = "notifier",
+    extra_env: dict[str, str] | None = None,
 ) -> HttpService:
     """``python -m notifier serve --port 0``; the port is read from its listening socket.
 
     At log level ``warning`` uvicorn does not print its "running on" line, so the
     port comes from /proc (the one socket the process listens on).
     """
-    env = notifier_env(db, smtp_port, concurrency=concurrency)
+    env = {**notifier_env(db, smtp_port, concurrency=concurrency), **(extra_env or {})}
     proc = procs.Proc(
         label,
         [procs.PYTHON, "-m", "notifier", "serve", "--port", "0"],
@@ -87,10 +93,12 @@ def start_notifier(
 class Sink:
     """The aiosmtpd sink process and its control connection."""
 
-    def __init__(self, work: Path, delay: float = 0.0) -> None:
+    def __init__(self, work: Path, delay: float = 0.0, *, pipelining: bool = False) -> None:
         argv = [procs.PYTHON, "-m", "benchmarks.sink"]
         if delay:
             argv += ["--delay", f"{delay:g}"]
+        if pipelining:
+            argv.append("--pipelining")
         log = work / f"sink-{time.monotonic_ns()}.log"
         self.proc = procs.Proc("SMTP sink", argv, log=log).start()
         give_up = time.monotonic() + 30
@@ -129,6 +137,28 @@ class Sink:
     def stop(self) -> None:
         self._lines.close()
         self._control.close()
+        self.proc.stop()
+
+
+class LatencyProxy:
+    """``benchmarks.latency`` in front of ``upstream_port``: a relay ``rtt_ms`` away."""
+
+    def __init__(self, work: Path, upstream_port: int, rtt_ms: float) -> None:
+        argv = [procs.PYTHON, "-m", "benchmarks.latency", "--to", str(upstream_port)]
+        argv += ["--rtt-ms", f"{rtt_ms:g}"]
+        log = work / f"latency-{time.monotonic_ns()}.log"
+        self.proc = procs.Proc("latency proxy", argv, log=log).start()
+        give_up = time.monotonic() + 30
+        match = None
+        while match is None:
+            if time.monotonic() > give_up or not self.proc.alive():
+                raise RuntimeError(f"the latency proxy did not start:\n{self.proc.log_text()}")
+            match = re.search(r"READY port=(\d+)", self.proc.log_text())
+            time.sleep(0.05)
+        self.port = int(match.group(1))
+        name_port(self.port, "latency-port")
+
+    def stop(self) -> None:
         self.proc.stop()
 
 

@@ -1,10 +1,13 @@
 """An SMTP sink in its own process: aiosmtpd on loopback that accepts and counts everything.
 
-    python -m benchmarks.sink [--delay SECONDS]
+    python -m benchmarks.sink [--delay SECONDS] [--pipelining]
 
 Prints ``READY smtp=<port> control=<port>`` once listening. ``--delay`` holds every
-reply to DATA that long (a slow relay). The control port answers one line per
-command: ``count`` gives ``<messages> <connections opened> <open now> <DATA held now>``.
+reply to DATA that long (a slow relay). ``--pipelining`` offers PIPELINING (RFC 2920) in
+EHLO, as production relays do; aiosmtpd reads commands one after another from its
+stream, so it serves pipelined ones, but does not offer the extension itself. The
+control port answers one line per command: ``count`` gives
+``<messages> <connections opened> <open now> <DATA held now>``.
 """
 
 from __future__ import annotations
@@ -28,9 +31,23 @@ class Stats:
 
 
 class Handler:
-    def __init__(self, stats: Stats, delay: float) -> None:
+    def __init__(self, stats: Stats, delay: float, pipelining: bool) -> None:
         self.stats = stats
         self.delay = delay
+        self.pipelining = pipelining
+
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        if self.pipelining:
+            return [*responses[:-1], "250-PIPELINING", responses[-1]]
+        return responses
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         if self.delay:
@@ -57,9 +74,9 @@ class CountingSMTP(SMTP):
         super().connection_lost(error)
 
 
-async def serve(delay: float) -> None:
+async def serve(delay: float, pipelining: bool) -> None:
     stats = Stats()
-    handler = Handler(stats, delay)
+    handler = Handler(stats, delay, pipelining)
     CountingSMTP.stats = stats
 
     def smtp_protocol() -> Any:
@@ -92,9 +109,10 @@ async def serve(delay: float) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--delay", type=float, default=0.0, help="seconds before each DATA reply")
+    parser.add_argument("--pipelining", action="store_true", help="offer PIPELINING in EHLO")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    uvloop.run(serve(args.delay))
+    uvloop.run(serve(args.delay, args.pipelining))
 
 
 if __name__ == "__main__":
