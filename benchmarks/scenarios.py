@@ -391,6 +391,62 @@ def _window(
     )
 
 
+Window = tuple[float, float, float, int]
+
+
+def _notifier_window(
+    b: Bench,
+    name: str,
+    sink: services.Sink,
+    smtp_port: int,
+    *,
+    warm: int,
+    concurrency: int,
+    extra_env: dict[str, str] | None = None,
+) -> Window:
+    """notifier delivering a freshly seeded backlog through ``smtp_port`` into ``sink``."""
+    p = b.plan
+    db = b.work / f"{name}.db"
+    workload.seed_queued(db, p.delivery_backlog)
+    # Counted from before the start: sends begin while the start-up is still checked.
+    base, _ = sink.count()
+    notifier = services.start_notifier(
+        b.work, db, smtp_port, concurrency=concurrency, extra_env=extra_env
+    )
+    try:
+        return _window(
+            sink,
+            notifier.proc,
+            start_after=base + warm,
+            seconds=p.delivery_window,
+            stop_at=base + int(p.delivery_backlog * 0.95),
+        )
+    finally:
+        notifier.stop()
+
+
+def _sender_window(
+    b: Bench, kind: str, sink: services.Sink, smtp_port: int, *, warm: int
+) -> tuple[Window, dict[str, float]]:
+    """A baseline sender (``render``, ``prebuilt``, ``per_message`` or ``fastapi_mail``)."""
+    p = b.plan
+    base, _ = sink.count()
+    sender = services.start_sender(
+        b.work,
+        smtp_port,
+        connections=p.send_concurrency,
+        seconds=p.delivery_window + 2.5,
+        per_message=kind == "per_message",
+        prebuilt=kind == "prebuilt",
+        fastapi_mail=kind == "fastapi_mail",
+    )
+    try:
+        window = _window(sink, sender, start_after=base + warm, seconds=p.delivery_window)
+        return window, services.sender_result(sender, timeout=p.delivery_window + 60)
+    finally:
+        sender.stop()
+
+
 def package_version(package: str) -> str | None:
     """The installed version of ``package``, or ``None`` when it is not installed."""
     try:
@@ -428,22 +484,10 @@ def delivery(b: Bench) -> Section:
     warm = min(1000, p.delivery_backlog // 10)
 
     def run_notifier(kind: str, concurrency: int, r: int, on: services.Sink = sink) -> None:
-        db = b.work / f"delivery-{kind}-{r}.db"
-        workload.seed_queued(db, p.delivery_backlog)
         a = snapshot()
-        # Counted from before the start: sends begin while the start-up is still checked.
-        base, _ = on.count()
-        notifier = services.start_notifier(b.work, db, on.smtp_port, concurrency=concurrency)
-        try:
-            rate, cpu_ms, sink_ms, conns = _window(
-                on,
-                notifier.proc,
-                start_after=base + warm,
-                seconds=p.delivery_window,
-                stop_at=base + int(p.delivery_backlog * 0.95),
-            )
-        finally:
-            notifier.stop()
+        rate, cpu_ms, sink_ms, conns = _notifier_window(
+            b, f"delivery-{kind}-{r}", on, on.smtp_port, warm=warm, concurrency=concurrency
+        )
         add(kind, "foreign", 100 * b.watch.record("delivery", a, snapshot()))
         add(kind, "rate", rate)
         add(kind, "cpu_ms", cpu_ms)
@@ -455,33 +499,13 @@ def delivery(b: Bench) -> Section:
     try:
         for r in range(p.delivery_rounds):
             run_notifier("notifier", p.send_concurrency, r)
-            for kind, per_message, prebuilt in (
-                ("prebuilt", False, True),
-                ("render", False, False),
-                ("per_message", True, False),
-                *([("fastapi_mail", False, False)] if fastapi_mail_version else []),
-            ):
+            for kind in ("prebuilt", "render", "per_message", "fastapi_mail"):
+                if kind == "fastapi_mail" and not fastapi_mail_version:
+                    continue
                 a = snapshot()
-                base, _ = sink.count()
-                sender = services.start_sender(
-                    b.work,
-                    sink.smtp_port,
-                    connections=p.send_concurrency,
-                    seconds=p.delivery_window + 2.5,
-                    per_message=per_message,
-                    prebuilt=prebuilt,
-                    fastapi_mail=kind == "fastapi_mail",
+                (rate, cpu_ms, sink_ms, conns), result = _sender_window(
+                    b, kind, sink, sink.smtp_port, warm=min(warm, 200)
                 )
-                try:
-                    rate, cpu_ms, sink_ms, conns = _window(
-                        sink,
-                        sender,
-                        start_after=base + min(warm, 200),
-                        seconds=p.delivery_window,
-                    )
-                    result = services.sender_result(sender, timeout=p.delivery_window + 60)
-                finally:
-                    sender.stop()
                 add(kind, "foreign", 100 * b.watch.record("delivery", a, snapshot()))
                 add(kind, "rate", rate)
                 add(kind, "cpu_ms", cpu_ms)
@@ -662,41 +686,20 @@ def delivery_network(b: Bench) -> Section:
                 ("notifier", {}),
                 ("lock_step", {"NOTIFIER_SMTP_PIPELINING": "false"}),
             ):
-                db = b.work / f"network-{kind}-{r}.db"
-                workload.seed_queued(db, p.delivery_backlog)
-                base, _ = sink.count()
-                notifier = services.start_notifier(b.work, db, proxy.port, extra_env=env)
-                try:
-                    rate, cpu_ms, _, _ = _window(
-                        sink,
-                        notifier.proc,
-                        start_after=base + warm,
-                        seconds=p.delivery_window,
-                        stop_at=base + int(p.delivery_backlog * 0.95),
-                    )
-                finally:
-                    notifier.stop()
+                rate, cpu_ms, _, _ = _notifier_window(
+                    b,
+                    f"network-{kind}-{r}",
+                    sink,
+                    proxy.port,
+                    warm=warm,
+                    concurrency=c,
+                    extra_env=env,
+                )
                 add(kind, rate, cpu_ms)
             for kind in ("render", "per_message", "fastapi_mail"):
                 if kind == "fastapi_mail" and not fastapi_mail_version:
                     continue
-                base, _ = sink.count()
-                sender = services.start_sender(
-                    b.work,
-                    proxy.port,
-                    connections=c,
-                    seconds=p.delivery_window + 2.5,
-                    per_message=kind == "per_message",
-                    prebuilt=False,
-                    fastapi_mail=kind == "fastapi_mail",
-                )
-                try:
-                    rate, cpu_ms, _, _ = _window(
-                        sink, sender, start_after=base + warm, seconds=p.delivery_window
-                    )
-                    services.sender_result(sender, timeout=p.delivery_window + 60)
-                finally:
-                    sender.stop()
+                (rate, cpu_ms, _, _), _ = _sender_window(b, kind, sink, proxy.port, warm=warm)
                 add(kind, rate, cpu_ms)
     finally:
         proxy.stop()

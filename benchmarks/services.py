@@ -90,6 +90,16 @@ def start_notifier(
     return HttpService(label, proc, port, db)
 
 
+def _ready(proc: procs.Proc, line: str, timeout: float = 30.0) -> re.Match[str]:
+    """Wait for ``proc`` to print the ``READY`` line matching ``line``."""
+    give_up = time.monotonic() + timeout
+    while (match := re.search(line, proc.log_text())) is None:
+        if time.monotonic() > give_up or not proc.alive():
+            raise RuntimeError(f"the {proc.label} did not start:\n{proc.log_text()}")
+        time.sleep(0.05)
+    return match
+
+
 class Sink:
     """The aiosmtpd sink process and its control connection."""
 
@@ -101,13 +111,7 @@ class Sink:
             argv.append("--pipelining")
         log = work / f"sink-{time.monotonic_ns()}.log"
         self.proc = procs.Proc("SMTP sink", argv, log=log).start()
-        give_up = time.monotonic() + 30
-        match = None
-        while match is None:
-            if time.monotonic() > give_up or not self.proc.alive():
-                raise RuntimeError(f"the sink did not start:\n{self.proc.log_text()}")
-            match = re.search(r"READY smtp=(\d+) control=(\d+)", self.proc.log_text())
-            time.sleep(0.05)
+        match = _ready(self.proc, r"READY smtp=(\d+) control=(\d+)")
         self.smtp_port = int(match.group(1))
         name_port(self.smtp_port, "sink-port")
         self._control = socket.create_connection(("127.0.0.1", int(match.group(2))), timeout=10)
@@ -148,13 +152,7 @@ class LatencyProxy:
         argv += ["--rtt-ms", f"{rtt_ms:g}"]
         log = work / f"latency-{time.monotonic_ns()}.log"
         self.proc = procs.Proc("latency proxy", argv, log=log).start()
-        give_up = time.monotonic() + 30
-        match = None
-        while match is None:
-            if time.monotonic() > give_up or not self.proc.alive():
-                raise RuntimeError(f"the latency proxy did not start:\n{self.proc.log_text()}")
-            match = re.search(r"READY port=(\d+)", self.proc.log_text())
-            time.sleep(0.05)
+        match = _ready(self.proc, r"READY port=(\d+)")
         self.port = int(match.group(1))
         name_port(self.port, "latency-port")
 

@@ -4,10 +4,8 @@
 
 Prints ``READY smtp=<port> control=<port>`` once listening. ``--delay`` holds every
 reply to DATA that long (a slow relay). ``--pipelining`` offers PIPELINING (RFC 2920) in
-EHLO, as production relays do; aiosmtpd reads commands one after another from its
-stream, so it serves pipelined ones, but does not offer the extension itself. The
-control port answers one line per command: ``count`` gives
-``<messages> <connections opened> <open now> <DATA held now>``.
+EHLO, as production relays do. The control port answers one line per command:
+``count`` gives ``<messages> <connections opened> <open now> <DATA held now>``.
 """
 
 from __future__ import annotations
@@ -19,6 +17,8 @@ from typing import Any
 
 import uvloop
 from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from notifier.devsmtp import offer_pipelining
 
 
 class Stats:
@@ -45,9 +45,7 @@ class Handler:
         responses: list[str],
     ) -> list[str]:
         session.host_name = hostname
-        if self.pipelining:
-            return [*responses[:-1], "250-PIPELINING", responses[-1]]
-        return responses
+        return offer_pipelining(responses) if self.pipelining else responses
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         if self.delay:

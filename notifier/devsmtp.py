@@ -17,6 +17,15 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from notifier.errors import ConfigError
 
 
+def offer_pipelining(ehlo_lines: list[str]) -> list[str]:
+    """aiosmtpd's EHLO reply lines with PIPELINING (RFC 2920) among them.
+
+    aiosmtpd reads commands one after another from its stream, so it serves pipelined
+    ones, but does not offer the extension itself.
+    """
+    return [*ehlo_lines[:-1], "250-PIPELINING", ehlo_lines[-1]]
+
+
 class CaptureHandler:
     def __init__(self, mail_dir: Path) -> None:
         self.mail_dir = mail_dir
@@ -29,13 +38,9 @@ class CaptureHandler:
         hostname: str,
         responses: list[str],
     ) -> list[str]:
-        """Offer PIPELINING, as production relays do, so ``--dev`` sends the way they get sent.
-
-        aiosmtpd reads commands one after another from its stream, so it serves
-        pipelined ones (RFC 2920), but does not offer the extension itself.
-        """
+        """Offer PIPELINING, as production relays do, so ``--dev`` sends the way they get sent."""
         session.host_name = hostname
-        return [*responses[:-1], "250-PIPELINING", responses[-1]]
+        return offer_pipelining(responses)
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         path = self.save(envelope)

@@ -21,6 +21,8 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 
+from notifier.devsmtp import offer_pipelining
+
 DROP = "DROP"
 #: At DATA: keep the message, then drop the connection before answering.
 DROP_AFTER_ACCEPT = "DROP_AFTER_ACCEPT"
@@ -64,8 +66,7 @@ class ScriptedHandler:
     data_commands: int = 0
     #: Seconds each DATA takes before it is answered, so sends are in flight for a while.
     data_delay: float = 0.0
-    #: Offer PIPELINING (RFC 2920) in EHLO, as production relays do. aiosmtpd reads
-    #: commands one after another from its stream, so it serves pipelined ones.
+    #: Offer PIPELINING (RFC 2920) in EHLO, as production relays do.
     pipelining: bool = True
     _stalled: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -87,9 +88,7 @@ class ScriptedHandler:
         with self._lock:
             self.sessions += 1
         session.host_name = hostname
-        if self.pipelining:
-            return [*responses[:-1], "250-PIPELINING", responses[-1]]
-        return responses
+        return offer_pipelining(responses) if self.pipelining else responses
 
     async def handle_MAIL(
         self, server: Any, session: Any, envelope: Any, address: str, options: list[str]

@@ -7,7 +7,7 @@ completes proves the group went out before any reply came back.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 
 import pytest
 
@@ -26,8 +26,13 @@ def raw() -> Iterator[RawSMTPServer]:
         yield server
 
 
-def relay(raw: RawSMTPServer, *, pipelining: bool = True) -> SMTPTransport:
-    return SMTPTransport(relay_config(raw.port, pipelining=pipelining))
+@pytest.fixture
+async def transport(raw: RawSMTPServer) -> AsyncIterator[SMTPTransport]:
+    transport = SMTPTransport(relay_config(raw.port))
+    try:
+        yield transport
+    finally:
+        await transport.close()
 
 
 def scripted(raw: RawSMTPServer, **replies: Reply | Sequence[Reply]) -> None:
@@ -35,18 +40,14 @@ def scripted(raw: RawSMTPServer, **replies: Reply | Sequence[Reply]) -> None:
 
 
 async def test_commands_go_out_together_and_every_message_arrives_once(
-    raw: RawSMTPServer,
+    raw: RawSMTPServer, transport: SMTPTransport
 ) -> None:
-    transport = relay(raw)
-    try:
-        reports = [await transport.send(SENDER, [ADA, BOB], message(n, ADA, BOB)) for n in (1, 2)]
-    finally:
-        await transport.close()
+    reports = [await transport.send(SENDER, [ADA, BOB], message(n, ADA, BOB)) for n in (1, 2)]
 
     assert [r.data.code if r.data else None for r in reports] == [250, 250]
     assert [r.rcpt_tos for r in raw.received] == [[ADA, BOB], [ADA, BOB]]
     (session,) = raw.sessions
-    assert verbs(session) == ["EHLO", *["MAIL", "RCPT", "RCPT", "DATA"] * 2, "QUIT"]
+    assert verbs(session) == ["EHLO", *["MAIL", "RCPT", "RCPT", "DATA"] * 2]
 
 
 async def test_the_service_pipelines_to_a_relay_that_offers_it(
@@ -82,14 +83,10 @@ async def test_a_sender_refused_at_mail_from_shows_whether_the_group_went_ahead(
 
 
 async def test_partly_refused_recipients_are_reported_and_the_rest_receive_the_message(
-    raw: RawSMTPServer,
+    raw: RawSMTPServer, transport: SMTPTransport
 ) -> None:
     scripted(raw, RCPT=["250 2.1.5 OK", "550 5.1.1 No such user"])
-    transport = relay(raw)
-    try:
-        report = await transport.send(SENDER, [ADA, BOB], message(1, ADA, BOB))
-    finally:
-        await transport.close()
+    report = await transport.send(SENDER, [ADA, BOB], message(1, ADA, BOB))
 
     assert {a: r.code for a, r in report.recipients.items()} == {ADA: 250, BOB: 550}
     assert report.data is not None
@@ -97,15 +94,11 @@ async def test_partly_refused_recipients_are_reported_and_the_rest_receive_the_m
 
 
 async def test_every_recipient_refused_and_data_refused_resets_and_keeps_the_connection(
-    raw: RawSMTPServer,
+    raw: RawSMTPServer, transport: SMTPTransport
 ) -> None:
     scripted(raw, RCPT=["550 5.1.1 No such user"], DATA=["554 5.5.1 No valid recipients"])
-    transport = relay(raw)
-    try:
-        refused = await transport.send(SENDER, [ADA], message(1))
-        sent = await transport.send(SENDER, [ADA], message(2))
-    finally:
-        await transport.close()
+    refused = await transport.send(SENDER, [ADA], message(1))
+    sent = await transport.send(SENDER, [ADA], message(2))
 
     assert refused.recipients[ADA].code == 550
     assert refused.data is None
@@ -117,16 +110,12 @@ async def test_every_recipient_refused_and_data_refused_resets_and_keeps_the_con
 
 
 async def test_data_accepted_without_recipients_gets_a_lone_dot_and_no_message(
-    raw: RawSMTPServer,
+    raw: RawSMTPServer, transport: SMTPTransport
 ) -> None:
     """RFC 2920 section 3.1: a relay may answer 354 although it refused every RCPT."""
     scripted(raw, RCPT=["550 5.1.1 No such user"])
-    transport = relay(raw)
-    try:
-        refused = await transport.send(SENDER, [ADA], message(1))
-        sent = await transport.send(SENDER, [ADA], message(2))
-    finally:
-        await transport.close()
+    refused = await transport.send(SENDER, [ADA], message(1))
+    sent = await transport.send(SENDER, [ADA], message(2))
 
     assert refused.recipients[ADA].code == 550
     assert refused.data is None
@@ -145,27 +134,21 @@ async def test_data_accepted_without_recipients_gets_a_lone_dot_and_no_message(
     ids=["451", "550"],
 )
 async def test_sender_refused_in_a_group_is_raised_by_code_and_nothing_is_sent(
-    raw: RawSMTPServer, reply: str, error: type[Exception]
+    raw: RawSMTPServer, transport: SMTPTransport, reply: str, error: type[Exception]
 ) -> None:
     scripted(raw, MAIL=[reply])
-    transport = relay(raw)
-    try:
-        with pytest.raises(error) as caught:
-            await transport.send(SENDER, [ADA], message(1))
-    finally:
-        await transport.close()
+    with pytest.raises(error) as caught:
+        await transport.send(SENDER, [ADA], message(1))
 
     assert "MAIL FROM" in str(caught.value)
     assert raw.received == []
 
 
-async def test_refused_data_is_reported_with_its_code(raw: RawSMTPServer) -> None:
+async def test_refused_data_is_reported_with_its_code(
+    raw: RawSMTPServer, transport: SMTPTransport
+) -> None:
     scripted(raw, DATA=["451 4.3.0 Try again later"])
-    transport = relay(raw)
-    try:
-        report = await transport.send(SENDER, [ADA], message(1))
-    finally:
-        await transport.close()
+    report = await transport.send(SENDER, [ADA], message(1))
 
     assert isinstance(report.data_error, TransientDeliveryError)
     assert report.data_error.code == 451
@@ -174,28 +157,22 @@ async def test_refused_data_is_reported_with_its_code(raw: RawSMTPServer) -> Non
 
 
 async def test_relay_hanging_up_inside_the_group_is_transient_and_nothing_is_sent(
-    raw: RawSMTPServer,
+    raw: RawSMTPServer, transport: SMTPTransport
 ) -> None:
     scripted(raw, RCPT=[Action.DROP])
-    transport = relay(raw)
-    try:
-        with pytest.raises(TransientDeliveryError):
-            await transport.send(SENDER, [ADA], message(1))
-        retried = await transport.send(SENDER, [ADA], message(1))
-    finally:
-        await transport.close()
+    with pytest.raises(TransientDeliveryError):
+        await transport.send(SENDER, [ADA], message(1))
+    retried = await transport.send(SENDER, [ADA], message(1))
 
     assert retried.data is not None
     assert len(raw.received) == 1
 
 
-async def test_relay_closing_with_421_inside_the_group_sends_no_data(raw: RawSMTPServer) -> None:
+async def test_relay_closing_with_421_inside_the_group_sends_no_data(
+    raw: RawSMTPServer, transport: SMTPTransport
+) -> None:
     scripted(raw, RCPT=[Hangup("421 4.3.2 Shutting down")])
-    transport = relay(raw)
-    try:
-        report = await transport.send(SENDER, [ADA], message(1))
-    finally:
-        await transport.close()
+    report = await transport.send(SENDER, [ADA], message(1))
 
     assert report.recipients[ADA].code == 421
     assert report.data is None
@@ -203,27 +180,21 @@ async def test_relay_closing_with_421_inside_the_group_sends_no_data(raw: RawSMT
 
 
 async def test_garbage_among_the_replies_is_transient_without_a_reply_code(
-    raw: RawSMTPServer,
+    raw: RawSMTPServer, transport: SMTPTransport
 ) -> None:
     scripted(raw, RCPT=[Action.GARBAGE])
-    transport = relay(raw)
-    try:
-        with pytest.raises(TransientDeliveryError) as caught:
-            await transport.send(SENDER, [ADA], message(1))
-    finally:
-        await transport.close()
+    with pytest.raises(TransientDeliveryError) as caught:
+        await transport.send(SENDER, [ADA], message(1))
 
     assert caught.value.code in (None, -1)
     assert raw.received == []
 
 
-async def test_connection_lost_after_the_body_is_an_unknown_outcome(raw: RawSMTPServer) -> None:
+async def test_connection_lost_after_the_body_is_an_unknown_outcome(
+    raw: RawSMTPServer, transport: SMTPTransport
+) -> None:
     scripted(raw, DATA=[Action.DROP_AFTER_DOT])
-    transport = relay(raw)
-    try:
-        report = await transport.send(SENDER, [ADA], message(1))
-    finally:
-        await transport.close()
+    report = await transport.send(SENDER, [ADA], message(1))
 
     assert isinstance(report.data_error, TransientDeliveryError)
     assert report.data_error.unknown_outcome
@@ -231,15 +202,11 @@ async def test_connection_lost_after_the_body_is_an_unknown_outcome(raw: RawSMTP
 
 
 async def test_final_reply_refusal_resets_and_the_next_message_goes_on_the_same_connection(
-    raw: RawSMTPServer,
+    raw: RawSMTPServer, transport: SMTPTransport
 ) -> None:
     scripted(raw, **{END_OF_DATA: ["554 5.6.0 Message rejected"]})
-    transport = relay(raw)
-    try:
-        refused = await transport.send(SENDER, [ADA], message(1))
-        sent = await transport.send(SENDER, [ADA], message(2))
-    finally:
-        await transport.close()
+    refused = await transport.send(SENDER, [ADA], message(1))
+    sent = await transport.send(SENDER, [ADA], message(2))
 
     assert isinstance(refused.data_error, PermanentDeliveryError)
     assert sent.data is not None

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -115,28 +115,24 @@ class SMTPTransport:
         An idle connection may have been closed by the relay meanwhile; that costs one
         reconnect, never a failed attempt.
         """
-        connection = self._idle.pop() if self._idle else None
-        if connection is not None:
+
+        def transaction(connection: _Connection) -> Awaitable[SendReport]:
+            return self._transact(connection, sender, recipients, message, smtputf8)
+
+        if self._idle:
             try:
-                return await self._send_on(connection, sender, recipients, message, smtputf8)
+                return await self._send_on(self._idle.pop(), transaction)
             except _Stale:
                 pass
         connection = _Connection(await _translated(self._connect()))
-        return await self._send_on(connection, sender, recipients, message, smtputf8)
+        return await self._send_on(connection, transaction)
 
     async def _send_on(
-        self,
-        connection: _Connection,
-        sender: str,
-        recipients: list[str],
-        message: bytes,
-        smtputf8: bool,
+        self, connection: _Connection, transaction: Callable[[_Connection], Awaitable[SendReport]]
     ) -> SendReport:
-        """The transaction on ``connection``, closed unless the transaction ends cleanly."""
+        """``transaction`` on ``connection``, closed unless the transaction ends cleanly."""
         try:
-            report = await _translated(
-                self._transact(connection, sender, recipients, message, smtputf8)
-            )
+            report = await _translated(transaction(connection))
         except BaseException:
             # Failed or cancelled mid-transaction: this connection's state is unknown.
             connection.client.close()
