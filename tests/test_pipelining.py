@@ -1,21 +1,30 @@
 """SMTP PIPELINING (RFC 2920): MAIL, RCPT and DATA in one write, to relays that offer it.
 
-The relay is :class:`RawSMTPServer`, which records every line it reads. With
+The relay is mostly :class:`RawSMTPServer`, which records every line it reads. With
 ``group_replies`` it answers MAIL and RCPT only once DATA has arrived, so a send that
-completes proves the group went out before any reply came back.
+completes proves the group went out before any reply came back. STARTTLS is aiosmtpd's,
+on both event loops the service may run on.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
 
 import pytest
+import uvloop
+from aiosmtpd.controller import Controller
 
+from notifier.dispatch.outcome import SendReport
 from notifier.dispatch.transport import SMTPTransport
 from notifier.errors import PermanentDeliveryError, TransientDeliveryError
 from tests.conftest import MakeSettings, post, running_app, wait_for
 from tests.raw_smtp import END_OF_DATA, Action, Hangup, RawSMTPServer, Reply, Session, verbs
+from tests.smtp_server import ScriptedHandler, free_port
 from tests.test_transport import ADA, BOB, SENDER, message, relay_config
+from tests.tls import Authority
 
 PIPELINED = Session(pipelining=True, group_replies=True)
 
@@ -212,3 +221,41 @@ async def test_final_reply_refusal_resets_and_the_next_message_goes_on_the_same_
     assert sent.data is not None
     assert len(raw.sessions) == 1
     assert [r.message_id for r in raw.received] == ["<m2@example.com>"]
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_pipelining_over_starttls_on_either_event_loop(tmp_path: Path, loop: str) -> None:
+    """The reader is swapped in on the TLS transport too, whose class depends on the loop."""
+    authority = Authority.create(tmp_path, "relay")
+    handler = ScriptedHandler()
+    handler.rcpt_replies[BOB].append("550 5.1.1 No such user")
+    port = free_port()
+    controller = Controller(
+        handler,
+        hostname="127.0.0.1",
+        port=port,
+        tls_context=authority.server_context(),
+        require_starttls=True,
+    )
+    config = dataclasses.replace(relay_config(port), tls="starttls", ca_file=str(authority.pem))
+
+    async def send_twice() -> list[SendReport]:
+        transport = SMTPTransport(config)
+        try:
+            return [await transport.send(SENDER, [ADA, BOB], message(n, ADA, BOB)) for n in (1, 2)]
+        finally:
+            await transport.close()
+
+    controller.start()
+    try:
+        reports = uvloop.run(send_twice()) if loop == "uvloop" else asyncio.run(send_twice())
+    finally:
+        controller.stop()
+
+    assert [{a: r.code for a, r in report.recipients.items()} for report in reports] == [
+        {ADA: 250, BOB: 550},
+        {ADA: 250, BOB: 250},
+    ]
+    assert [r.rcpt_tos for r in handler.received] == [[ADA], [ADA, BOB]]
+    # One connection: EHLO before and after STARTTLS.
+    assert handler.sessions == 2
