@@ -45,7 +45,8 @@ class ReplyReader(asyncio.Protocol):
         except SMTPResponseException as exc:
             self._fail(exc)
         else:
-            self._wake()
+            if self._replies:
+                self._wake()
 
     def eof_received(self) -> bool:
         self._fail(SMTPServerDisconnected("Unexpected EOF received"))
@@ -55,7 +56,7 @@ class ReplyReader(asyncio.Protocol):
         self._fail(SMTPServerDisconnected(f"Connection lost: {exc}" if exc else "Connection lost"))
 
     async def next(self, limit: float) -> SMTPResponse:
-        """The next reply, waiting up to ``limit`` seconds for it."""
+        """The next reply, waiting up to ``limit`` seconds for it (however many reads it takes)."""
         if not self._replies and self._failure is None:
             self._waiter = asyncio.get_running_loop().create_future()
             try:
@@ -66,7 +67,7 @@ class ReplyReader(asyncio.Protocol):
                 self._waiter = None
         if self._replies:
             return self._replies.popleft()
-        assert self._failure is not None
+        assert self._failure is not None  # the waiter is woken by nothing else
         raise self._failure
 
     def _parse(self) -> None:
