@@ -32,6 +32,10 @@ from tests.smtp_server import Received
 END_OF_DATA = "."
 GARBAGE_LINE = b"hello there\r\n"
 START_TIMEOUT_SECONDS = 5.0
+#: Where ``split_replies`` cuts a reply (inside the text after its code), and the pause
+#: between the pieces: long enough for the first to be read on its own.
+SPLIT_AT = 6
+SPLIT_PAUSE_SECONDS = 0.005
 STOP_TIMEOUT_SECONDS = 5.0
 
 
@@ -75,6 +79,8 @@ class Session:
     #: all in one write with its reply, as RFC 2920 lets a server do: a client that
     #: waits for a reply before its next command waits forever.
     group_replies: bool = False
+    #: Send every reply in two pieces, a pause apart, so that the client reads it in two.
+    split_replies: bool = False
     #: Per verb (EHLO, HELO, STARTTLS, AUTH, MAIL, RCPT, DATA, END_OF_DATA, RSET, NOOP, QUIT):
     #: one reply for every such command, or a sequence used one command at a time,
     #: after which the verb behaves normally again. A client that keeps the connection
@@ -445,7 +451,13 @@ class _Conversation:
                 self._writer.close()
                 return False
             case str():
-                self._writer.write(_wire(reply))
+                wire = _wire(reply)
+                if self._script.split_replies:
+                    self._writer.write(wire[:SPLIT_AT])
+                    await self._writer.drain()
+                    await asyncio.sleep(SPLIT_PAUSE_SECONDS)
+                    wire = wire[SPLIT_AT:]
+                self._writer.write(wire)
         await self._writer.drain()
         return True
 

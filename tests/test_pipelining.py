@@ -59,6 +59,26 @@ async def test_commands_go_out_together_and_every_message_arrives_once(
     assert verbs(session) == ["EHLO", *["MAIL", "RCPT", "RCPT", "DATA"] * 2]
 
 
+async def test_replies_that_arrive_in_pieces_are_read_whole(
+    raw: RawSMTPServer, transport: SMTPTransport
+) -> None:
+    raw.script(
+        Session(
+            pipelining=True,
+            split_replies=True,
+            replies={"RCPT": ["250 2.1.5 OK", "550 5.1.1 No such user"]},
+        )
+    )
+    reports = [await transport.send(SENDER, [ADA, BOB], message(n, ADA, BOB)) for n in (1, 2)]
+
+    assert [{a: r.code for a, r in report.recipients.items()} for report in reports] == [
+        {ADA: 250, BOB: 550},
+        {ADA: 250, BOB: 250},
+    ]
+    assert [r.rcpt_tos for r in raw.received] == [[ADA], [ADA, BOB]]
+    assert len(raw.sessions) == 1
+
+
 async def test_the_service_pipelines_to_a_relay_that_offers_it(
     make_settings: MakeSettings, raw: RawSMTPServer
 ) -> None:
