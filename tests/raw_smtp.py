@@ -229,6 +229,8 @@ class RawSMTPServer:
         task = asyncio.current_task()
         assert task is not None
         self._connections[task] = writer
+        # As aiosmtpd's: otherwise replies to pipelined commands wait for delayed ACKs.
+        writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with self._lock:
             script = self._scripts.popleft() if self._scripts else self.fallback
             lines: list[str] = []

@@ -3,7 +3,8 @@
 The relay is mostly :class:`RawSMTPServer`, which records every line it reads. With
 ``group_replies`` it answers MAIL and RCPT only once DATA has arrived, so a send that
 completes proves the group went out before any reply came back. STARTTLS is aiosmtpd's,
-on both event loops the service may run on.
+on both event loops the service may run on. The relay's 421s end with the connection
+closed either way, pipelined or not.
 """
 
 from __future__ import annotations
@@ -279,3 +280,50 @@ def test_pipelining_over_starttls_on_either_event_loop(tmp_path: Path, loop: str
     assert [r.rcpt_tos for r in handler.received] == [[ADA], [ADA, BOB]]
     # One connection: EHLO before and after STARTTLS.
     assert handler.sessions == 2
+
+
+BOTH_WAYS = pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "lock-step"])
+
+
+@BOTH_WAYS
+async def test_a_421_to_the_final_dot_closes_the_connection_instead_of_resetting_it(
+    raw: RawSMTPServer, pipelining: bool
+) -> None:
+    raw.script(
+        Session(pipelining=True, replies={END_OF_DATA: ["421 4.3.2 Shutting down"]}),
+        Session(pipelining=True),
+    )
+    transport = SMTPTransport(relay_config(raw.port, pipelining=pipelining))
+    try:
+        refused = await transport.send(SENDER, [ADA], message(1))
+        sent = await transport.send(SENDER, [ADA], message(2))
+    finally:
+        await transport.close()
+
+    assert isinstance(refused.data_error, TransientDeliveryError)
+    assert refused.data_error.code == 421
+    assert not refused.data_error.unknown_outcome
+    assert sent.data is not None
+    first, _ = raw.sessions
+    assert verbs(first) == ["EHLO", "MAIL", "RCPT", "DATA"]
+    assert [r.message_id for r in raw.received] == ["<m2@example.com>"]
+
+
+@BOTH_WAYS
+async def test_an_idle_timeout_421_before_mail_reopens_the_connection_without_a_failure(
+    raw: RawSMTPServer, pipelining: bool
+) -> None:
+    idle_timeout = Hangup("421 4.4.2 Idle timeout exceeded")
+    raw.script(
+        Session(pipelining=True, replies={"MAIL": ["250 2.1.0 OK", idle_timeout]}),
+        Session(pipelining=True),
+    )
+    transport = SMTPTransport(relay_config(raw.port, pipelining=pipelining))
+    try:
+        reports = [await transport.send(SENDER, [ADA], message(n)) for n in (1, 2)]
+    finally:
+        await transport.close()
+
+    assert [r.data.code if r.data else None for r in reports] == [250, 250]
+    assert [r.message_id for r in raw.received] == ["<m1@example.com>", "<m2@example.com>"]
+    assert len(raw.sessions) == 2

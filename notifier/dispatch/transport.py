@@ -112,8 +112,8 @@ class SMTPTransport:
         """One SMTP transaction; raises ``DeliveryError`` if it fails before RCPT is done.
 
         ``smtputf8`` sends the envelope in UTF-8 (RFC 6531), refusing relays without it.
-        An idle connection may have been closed by the relay meanwhile; that costs one
-        reconnect, never a failed attempt.
+        An idle connection may have been closed by the relay meanwhile, or be answered
+        with its idle timeout's 421; that costs one reconnect, never a failed attempt.
         """
 
         def transaction(connection: _Connection) -> Awaitable[SendReport]:
@@ -186,6 +186,9 @@ class SMTPTransport:
                 if connection.reused:
                     raise _Stale from None
                 raise
+            if reply.code == CLOSING and connection.reused:
+                # Most likely the relay's idle timeout, sent before this MAIL arrived.
+                raise _Stale
             if not is_success(reply.code):
                 raise aiosmtplib.SMTPSenderRefused(reply.code, reply.message, sender)
             report = SendReport()
@@ -300,20 +303,25 @@ class _Exchange:
             else:
                 self.write(b" ".join(command) + b"\r\n")
             reply = await self._reader.next(limit)
-        if reply.code == CLOSING:
-            self._closed = True
-            self._client.close()
+        self._closing(reply)
         return reply
 
     def write(self, data: bytes) -> None:
         self._protocol.write(data)
 
     async def reply(self, limit: float) -> aiosmtplib.SMTPResponse:
-        """The reply to what :meth:`write` sent."""
+        """The reply to what :meth:`write` sent; a relay closing loses the connection."""
         if self._reader is None:
             reply: aiosmtplib.SMTPResponse = await self._protocol.read_response(timeout=limit)
-            return reply
-        return await self._reader.next(limit)
+        else:
+            reply = await self._reader.next(limit)
+        self._closing(reply)
+        return reply
+
+    def _closing(self, reply: aiosmtplib.SMTPResponse) -> None:
+        if reply.code == CLOSING:
+            self._closed = True
+            self._client.close()
 
     async def abandon(self, limit: float, data_limit: float) -> None:
         """End a transaction without recipients, so the connection can carry the next one.
