@@ -521,21 +521,9 @@ def delivery(b: Bench) -> Section:
         sink.stop()
         pipelining_sink.stop()
     b.shared["delivery_cpu_ms"] = fig["notifier"]["cpu_ms"]
-    n = fig["notifier"]["rate"].median
-    rows = [
-        [
-            text,
-            fig[kind]["rate"].show(),
-            num(ratio(n, fig[kind]["rate"].median), 3),
-            fig[kind]["cpu_ms"].show(3),
-            fig[kind]["cpu_pct"].show(),
-            fig[kind]["sink_ms"].show(3),
-            fig[kind]["conns"].show(),
-            fig[kind]["foreign"].show(),
-        ]
-        for kind, text in kinds.items()
-        if fig[kind]
-    ]
+    rows = _sender_rows(
+        fig, kinds, [("cpu_ms", 3), ("cpu_pct", 0), ("sink_ms", 3), ("conns", 0), ("foreign", 0)]
+    )
     section.lines += [
         "The sink (`benchmarks/sink.py`) is aiosmtpd in its own process, answering `250`",
         "to everything; messages are counted there, over a window of "
@@ -583,22 +571,48 @@ def delivery(b: Bench) -> Section:
         ("per_message", "delivered/s vs a connection per message", 3.0),
         ("fastapi_mail", "delivered/s vs fastapi-mail itself", 3.0),
     )
-    for kind, figure, goal in goals:
-        if not fig[kind]:
-            continue  # fastapi-mail not installed
-        got = ratio(n, fig[kind]["rate"].median)
-        section.rows.append(
-            Row(
-                "2",
-                figure,
-                fig["notifier"]["rate"].show(),
-                fig[kind]["rate"].show(),
-                num(got, 3),
-                f">= {goal:.2f}" if goal < 1 else f">= {goal:.1f}",
-                got >= goal,
-            )
-        )
+    section.rows += [
+        _ratio_row("2", figure, fig, kind, goal)
+        for kind, figure, goal in goals
+        if fig[kind]  # fastapi-mail may not be installed
+    ]
     return section
+
+
+def _sender_rows(
+    fig: dict[str, dict[str, Figure]], kinds: dict[str, str], columns: list[tuple[str, int]]
+) -> list[list[str]]:
+    """A table row for each sender that ran: its rate, notifier's ratio to it, ``columns``."""
+    n = fig["notifier"]["rate"].median
+    return [
+        [
+            text,
+            fig[kind]["rate"].show(),
+            num(ratio(n, fig[kind]["rate"].median), 3),
+            *(
+                fig[kind][key].show(digits) if digits else fig[kind][key].show()
+                for key, digits in columns
+            ),
+        ]
+        for kind, text in kinds.items()
+        if fig[kind]
+    ]
+
+
+def _ratio_row(
+    target: str, figure: str, fig: dict[str, dict[str, Figure]], kind: str, goal: float | None
+) -> Row:
+    """The summary row of notifier's rate against ``kind``'s; ``goal`` None only reports."""
+    got = ratio(fig["notifier"]["rate"].median, fig[kind]["rate"].median)
+    return Row(
+        target,
+        figure,
+        fig["notifier"]["rate"].show(),
+        fig[kind]["rate"].show(),
+        num(got, 3),
+        "report" if goal is None else f">= {goal:.2f}" if goal < 1 else f">= {goal:.1f}",
+        None if goal is None else got >= goal,
+    )
 
 
 def _per_message_note(p: Plan, fig: dict[str, dict[str, Figure]]) -> list[str]:
@@ -704,17 +718,7 @@ def delivery_network(b: Bench) -> Section:
     finally:
         proxy.stop()
         sink.stop()
-    n = fig["notifier"]["rate"].median
-    rows = [
-        [
-            text,
-            fig[kind]["rate"].show(),
-            num(ratio(n, fig[kind]["rate"].median), 3),
-            fig[kind]["cpu_ms"].show(3),
-        ]
-        for kind, text in kinds.items()
-        if fig[kind]
-    ]
+    rows = _sender_rows(fig, kinds, [("cpu_ms", 3)])
     section.lines += [
         "Section 2's senders, each through `benchmarks/latency.py`: a proxy on loopback that",
         f"holds every byte for half of a {rtt:g} ms round trip each way (or a little more:",
@@ -735,22 +739,11 @@ def delivery_network(b: Bench) -> Section:
         "the relay is not on the same host. notifier's CPU per message is higher than on",
         "loopback because each commit, claim and wake-up now serves fewer messages.",
     ]
-    for kind, figure in (
+    reported = (
         ("render", f"delivered/s over {rtt:g} ms vs bare sender, rendering each message"),
         ("fastapi_mail", f"delivered/s over {rtt:g} ms vs fastapi-mail itself"),
-    ):
-        if fig[kind]:
-            section.rows.append(
-                Row(
-                    "2b",
-                    figure,
-                    fig["notifier"]["rate"].show(),
-                    fig[kind]["rate"].show(),
-                    num(ratio(n, fig[kind]["rate"].median), 3),
-                    "report",
-                    None,
-                )
-            )
+    )
+    section.rows += [_ratio_row("2b", f, fig, kind, None) for kind, f in reported if fig[kind]]
     return section
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import uvloop
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from notifier.devsmtp import offer_pipelining
+from notifier.devsmtp import OffersPipelining
 
 
 class Stats:
@@ -30,22 +30,11 @@ class Stats:
         self.held = 0
 
 
-class Handler:
+class Handler(OffersPipelining):
     def __init__(self, stats: Stats, delay: float, pipelining: bool) -> None:
         self.stats = stats
         self.delay = delay
         self.pipelining = pipelining
-
-    async def handle_EHLO(
-        self,
-        server: SMTP,
-        session: Session,
-        envelope: Envelope,
-        hostname: str,
-        responses: list[str],
-    ) -> list[str]:
-        session.host_name = hostname
-        return offer_pipelining(responses) if self.pipelining else responses
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         if self.delay:

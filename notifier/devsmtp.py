@@ -17,18 +17,15 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from notifier.errors import ConfigError
 
 
-def offer_pipelining(ehlo_lines: list[str]) -> list[str]:
-    """aiosmtpd's EHLO reply lines with PIPELINING (RFC 2920) among them.
+class OffersPipelining:
+    """An aiosmtpd handler that offers PIPELINING (RFC 2920) in EHLO, as production relays do.
 
     aiosmtpd reads commands one after another from its stream, so it serves pipelined
-    ones, but does not offer the extension itself.
+    ones, but does not offer the extension itself. ``pipelining = False`` offers what
+    aiosmtpd does.
     """
-    return [*ehlo_lines[:-1], "250-PIPELINING", ehlo_lines[-1]]
 
-
-class CaptureHandler:
-    def __init__(self, mail_dir: Path) -> None:
-        self.mail_dir = mail_dir
+    pipelining: bool = True
 
     async def handle_EHLO(
         self,
@@ -38,9 +35,17 @@ class CaptureHandler:
         hostname: str,
         responses: list[str],
     ) -> list[str]:
-        """Offer PIPELINING, as production relays do, so ``--dev`` sends the way they get sent."""
         session.host_name = hostname
-        return offer_pipelining(responses)
+        if not self.pipelining:
+            return responses
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
+
+class CaptureHandler(OffersPipelining):
+    """Files every message; offers PIPELINING, so ``--dev`` sends the way production does."""
+
+    def __init__(self, mail_dir: Path) -> None:
+        self.mail_dir = mail_dir
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         path = self.save(envelope)

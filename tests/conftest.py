@@ -24,12 +24,8 @@ MakeSettings = Callable[..., Settings]
 
 @pytest.fixture
 def smtp() -> Iterator[SMTPServer]:
-    server = SMTPServer()
-    server.start()
-    try:
+    with SMTPServer() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 
-from notifier.devsmtp import offer_pipelining
+from notifier.devsmtp import OffersPipelining
 
 DROP = "DROP"
 #: At DATA: keep the message, then drop the connection before answering.
@@ -56,7 +56,7 @@ class Received:
 
 
 @dataclass
-class ScriptedHandler:
+class ScriptedHandler(OffersPipelining):
     mail_replies: deque[str] = field(default_factory=deque)
     rcpt_replies: defaultdict[str, deque[str]] = field(default_factory=lambda: defaultdict(deque))
     data_replies: deque[str] = field(default_factory=deque)
@@ -87,8 +87,7 @@ class ScriptedHandler:
     ) -> list[str]:
         with self._lock:
             self.sessions += 1
-        session.host_name = hostname
-        return offer_pipelining(responses) if self.pipelining else responses
+        return await super().handle_EHLO(server, session, envelope, hostname, responses)
 
     async def handle_MAIL(
         self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
@@ -164,3 +163,10 @@ class SMTPServer:
     def stop(self) -> None:
         self.handler.release()
         self._controller.stop()
+
+    def __enter__(self) -> SMTPServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

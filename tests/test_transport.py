@@ -141,12 +141,8 @@ class RestartedSMTPServer(SMTPServer):
 @pytest.fixture(params=[True, False], ids=["pipelining offered", "lock-step"])
 def smtp(request: pytest.FixtureRequest) -> Iterator[SMTPServer]:
     """The relay of every session test here, offering PIPELINING (RFC 2920) or not."""
-    server = SMTPServer(pipelining=request.param)
-    server.start()
-    try:
+    with SMTPServer(pipelining=request.param) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
