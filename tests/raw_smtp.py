@@ -49,6 +49,8 @@ class Action(StrEnum):
     #: At DATA: answer 354, read the body and its final "." (the message is kept),
     #: then close without replying.
     DROP_AFTER_DOT = "drop after dot"
+    #: Never answer: read on until the client hangs up (a relay that froze).
+    SILENCE = "silence"
 
 
 @dataclass(frozen=True)
@@ -443,6 +445,11 @@ class _Conversation:
         match reply:
             case Action.GARBAGE:
                 self._writer.write(GARBAGE_LINE)
+            case Action.SILENCE:
+                await self._writer.drain()
+                while await self._reader.read(4096):
+                    pass
+                return False
             case Action():
                 # DROP, and the DATA actions anywhere but at DATA.
                 self._writer.close()

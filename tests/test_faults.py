@@ -179,7 +179,21 @@ RELAY_FAULT_CASES = {
         454,
         ["EHLO", "STARTTLS", "EHLO", "AUTH", "AUTH"],
     ),
+    "silent instead of a greeting": RelayFault(Session(greeting=Action.SILENCE), None, []),
+    "silent at EHLO": RelayFault(
+        Session(replies={"EHLO": [Action.SILENCE]}), None, ["EHLO"]
+    ),
+    "silent at AUTH": RelayFault(
+        Session(replies={"AUTH": Action.SILENCE}), None, ["EHLO", "STARTTLS", "EHLO", "AUTH"]
+    ),
+    "silent at MAIL": RelayFault(
+        Session(replies={"MAIL": Action.SILENCE}),
+        None,
+        ["EHLO", "STARTTLS", "EHLO", "AUTH", "MAIL"],
+    ),
 }
+#: Seconds the relay fault tests wait for a reply: the silent relays cost this each time.
+SILENCE_TIMEOUT = 1.0
 
 
 @pytest.mark.parametrize("fault", list(RELAY_FAULT_CASES.values()), ids=list(RELAY_FAULT_CASES))
@@ -194,7 +208,13 @@ async def test_relay_fault_defers_beyond_the_attempt_budget_and_sends_once_the_r
     if fault.rogue_certificate:
         session = dataclasses.replace(session, tls_context=rogue.server_context())
     raw.script(*[session] * RELAY_FAULTS)
-    settings = secured(make_settings, raw.port, authority, retry_max_attempts=BUDGET)
+    settings = secured(
+        make_settings,
+        raw.port,
+        authority,
+        retry_max_attempts=BUDGET,
+        smtp_timeout=SILENCE_TIMEOUT,
+    )
 
     async with running_app(settings) as client:
         doc = await wait_for(client, await post(client))

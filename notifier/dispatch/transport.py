@@ -186,6 +186,9 @@ class SMTPTransport:
                 if connection.reused:
                     raise _Stale from None
                 raise
+            except aiosmtplib.SMTPTimeoutError as exc:
+                # A relay that greets and then hangs is down, whatever the message.
+                raise relay_silent(exc, stage="MAIL FROM") from exc
             if reply.code == CLOSING and connection.reused:
                 # Most likely the relay's idle timeout, sent before this MAIL arrived.
                 raise _Stale
@@ -233,9 +236,13 @@ class SMTPTransport:
             timeout=c.timeout,
             local_hostname=c.local_hostname,
         )
-        await client.connect()
         try:
+            await client.connect()
             await _greet(client)
+        except (aiosmtplib.SMTPTimeoutError, aiosmtplib.SMTPServerDisconnected) as exc:
+            # Silent or gone before the message was even named: the relay's fault.
+            client.close()
+            raise relay_silent(exc, stage="session set-up") from exc
         except BaseException:
             client.close()
             raise
@@ -436,6 +443,13 @@ async def _translated(step: Awaitable[T]) -> T:
         raise
     except (aiosmtplib.SMTPException, OSError, ValueError, UnicodeError) as exc:
         raise translate(exc) from exc
+
+
+def relay_silent(exc: aiosmtplib.SMTPException, *, stage: str) -> DeliveryError:
+    """A timeout or hang-up before the message was handed over: a relay fault, which opens
+    the breaker and spends no attempt. Only the DATA phase is the message's."""
+    kind = "timeout" if isinstance(exc, aiosmtplib.SMTPTimeoutError) else "connection lost"
+    return connection_error(f"{kind}: {_readable(str(exc))}", stage=stage)
 
 
 def translate(exc: BaseException) -> DeliveryError:
