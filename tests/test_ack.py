@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import json
+import os
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -10,9 +14,9 @@ from typing import Any
 import pytest
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_fixed
 
-from notifier.dispatch.ack import retried
+from notifier.dispatch.ack import AckWriter, append_lines, retried
 from notifier.store import SQLiteStore
-from tests.conftest import MakeSettings, post, running_app, wait_for
+from tests.conftest import DEADLINE_SECONDS, MakeSettings, post, running_app, wait_for
 from tests.test_store import make_notification
 
 
@@ -161,3 +165,99 @@ async def test_a_failure_tenacity_does_not_retry_is_raised_after_one_call() -> N
 
     assert write.calls == 1
     assert failed == []
+
+
+def line(number: int) -> bytes:
+    return json.dumps({"n": number, "pad": "x" * 40}).encode() + b"\n"
+
+
+class FullAfter:
+    """``os.write`` on a disk with ``room`` bytes left: a short write, then ``ENOSPC``."""
+
+    def __init__(self, room: int) -> None:
+        self.room = room
+
+    def __call__(self, fd: int, data: memoryview) -> int:
+        if self.room == 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written = os.write(fd, data[: self.room])
+        self.room -= written
+        return written
+
+
+def test_an_append_the_disk_cut_short_leaves_the_file_as_it_was(tmp_path: Path) -> None:
+    path = tmp_path / "acks.jsonl"
+    append_lines(path, line(1))
+    before = path.read_bytes()
+
+    with pytest.raises(OSError, match="No space left"):
+        append_lines(path, line(2) + line(3), write=FullAfter(room=len(line(2)) + 7))
+    assert path.read_bytes() == before
+
+    append_lines(path, line(2) + line(3))
+    assert [json.loads(raw)["n"] for raw in path.read_bytes().splitlines()] == [1, 2, 3]
+
+
+def test_a_fragment_a_crash_left_spoils_only_itself(tmp_path: Path) -> None:
+    path = tmp_path / "acks.jsonl"
+    path.write_bytes(line(1) + line(2)[:9])
+
+    append_lines(path, line(3))
+
+    first, fragment, last = path.read_bytes().splitlines()
+    assert json.loads(first)["n"] == 1
+    assert fragment == line(2)[:9]
+    assert json.loads(last)["n"] == 3
+
+
+async def test_a_notification_accepted_during_the_start_up_catch_up_gets_each_line_once(
+    tmp_path: Path,
+) -> None:
+    store = SQLiteStore(tmp_path / "notifier.db")
+    await store.open()
+    try:
+        left_over = [make_notification(created_at=1.0) for _ in range(3)]
+        for n in left_over:
+            await store.add(n)
+        # A file where the directory should be: the catch-up's first write fails.
+        blocker = tmp_path / "acks"
+        blocker.write_text("not a directory")
+        failed = asyncio.Event()
+        ack = AckWriter(
+            blocker / "acks.jsonl",
+            store,
+            clock=time.time,
+            retry_initial=0.01,
+            retry_max=0.05,
+            on_failure=failed.set,
+        )
+        await ack.start()
+        await asyncio.wait_for(failed.wait(), DEADLINE_SECONDS)
+
+        # Accepted and cancelled while the catch-up is still at work, as the API would.
+        fresh = make_notification(created_at=time.time())
+        await store.add(fresh)
+        ack.accepted(fresh)
+        cancelled, ended = await store.cancel(fresh.id, now=time.time())
+        assert cancelled
+        assert ended is not None
+        ack.finished(ended)
+        blocker.unlink()
+
+        give_up = time.monotonic() + DEADLINE_SECONDS
+        while await store.unacknowledged(limit=10, before=float("inf")):
+            assert time.monotonic() < give_up, "acknowledgments never caught up"
+            await asyncio.sleep(0.01)
+        await ack.stop()
+    finally:
+        await store.close()
+
+    events = [(entry["id"], entry["event"]) for entry in read_lines(blocker / "acks.jsonl")]
+    assert [event for notification_id, event in events if notification_id == fresh.id] == [
+        "accepted",
+        "cancelled",
+    ]
+    for n in left_over:
+        assert [event for notification_id, event in events if notification_id == n.id] == [
+            "accepted"
+        ]

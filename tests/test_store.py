@@ -215,21 +215,39 @@ async def test_page_is_newest_first_with_status_filter_and_cursor(store: SQLiteS
 async def test_acknowledgments_are_tracked_until_marked(store: SQLiteStore) -> None:
     n = make_notification()
     await store.add(n)
-    assert [m.id for m in await store.unacknowledged(limit=10)] == [n.id]
+    assert [m.id for m in await store.unacknowledged(limit=10, before=NOW + 1)] == [n.id]
 
     await store.mark_acknowledged(accepted=[n.id], final=[])
-    assert await store.unacknowledged(limit=10) == []
+    assert await store.unacknowledged(limit=10, before=NOW + 1) == []
 
     (claimed,) = await store.claim(owner="a", now=NOW, lease_until=NOW + LEASE, limit=1)
     claimed.status = NotificationStatus.SENT
     await store.finish_attempt(claimed, lease_owner="a")
-    assert [m.id for m in await store.unacknowledged(limit=10)] == [n.id]
+    assert [m.id for m in await store.unacknowledged(limit=10, before=NOW + 1)] == [n.id]
 
     await store.mark_acknowledged(accepted=[], final=[n.id])
-    assert await store.unacknowledged(limit=10) == []
+    assert await store.unacknowledged(limit=10, before=NOW + 1) == []
     stored = await store.get(n.id)
     assert stored is not None
     assert stored.acknowledged
+
+
+async def test_lines_due_since_a_moment_are_not_unacknowledged_before_it(
+    store: SQLiteStore,
+) -> None:
+    created_later = make_notification(created_at=NOW + 10)
+    ended_later = make_notification()
+    await store.add(created_later)
+    await store.add(ended_later)
+    await store.mark_acknowledged(accepted=[ended_later.id], final=[])
+    (claimed,) = await store.claim(owner="a", now=NOW + 20, lease_until=NOW + LEASE, limit=1)
+    assert claimed.id == ended_later.id
+    claimed.status, claimed.updated_at = NotificationStatus.SENT, NOW + 20
+    await store.finish_attempt(claimed, lease_owner="a")
+
+    assert await store.unacknowledged(limit=10, before=NOW + 5) == []
+    found = await store.unacknowledged(limit=10, before=NOW + 30)
+    assert sorted(m.id for m in found) == sorted([created_later.id, ended_later.id])
 
 
 async def test_closed_store_refuses_work(tmp_path: Path) -> None:

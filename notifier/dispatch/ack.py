@@ -1,8 +1,9 @@
 """The acknowledgment file: one JSON line when a notification is accepted, one when it ends.
 
 Lines are appended and fsynced in batches on a dedicated thread, then marked in the
-store. A failing write is retried with backoff (tenacity) while delivery goes on;
-whatever is not marked by a crash is written again at the next start (at least once).
+store. A failing write is retried with backoff (tenacity) while delivery goes on, and
+never leaves part of a line behind. Whatever is not marked by a crash is written again
+at the next start (at least once); in normal operation each line is written once.
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ class AckWriter:
         self._on_failure = on_failure
         self._io = ThreadPoolExecutor(1, thread_name_prefix="notifier-ack")
         self._task: asyncio.Task[None] | None = None
+        #: When this run began queueing lines itself; the catch-up covers what came before.
+        self._since = float("inf")
 
     def accepted(self, notification: Notification) -> None:
         self._queue.put_nowait((notification, ACCEPTED))
@@ -78,6 +81,8 @@ class AckWriter:
         self._queue.put_nowait((notification, notification.status.value))
 
     async def start(self) -> None:
+        """Start writing; call before anything can accept or finish a notification."""
+        self._since = self._clock()
         self._task = asyncio.create_task(self._run(), name="notifier-ack-writer")
 
     async def stop(self) -> None:
@@ -98,11 +103,20 @@ class AckWriter:
             await self._write_with_retries(batch)
 
     async def _catch_up(self) -> None:
-        """Write the lines a previous run left unwritten (at least once, so maybe twice)."""
+        """Write the lines a previous run left unwritten (at least once, so maybe twice).
+
+        Only lines of what was accepted or ended before this run started: the rest are
+        queued by :meth:`accepted` and :meth:`finished`, and written once, from there.
+        """
+        since = self._since
         try:
-            while missing := await self._store.unacknowledged(limit=CATCH_UP_BATCH):
+            while missing := await self._store.unacknowledged(limit=CATCH_UP_BATCH, before=since):
                 batch = [(n, ACCEPTED) for n in missing if not n.acknowledged]
-                batch += [(n, n.status.value) for n in missing if n.status.terminal]
+                batch += [
+                    (n, n.status.value)
+                    for n in missing
+                    if n.status.terminal and n.updated_at < since
+                ]
                 await self._write_with_retries(batch)
         except StoreError as exc:
             log.error("catching up acknowledgments failed; the next start retries: %s", exc)
@@ -118,7 +132,7 @@ class AckWriter:
         )
         loop = asyncio.get_running_loop()
         await retried(
-            lambda: loop.run_in_executor(self._io, _append, self._path, lines),
+            lambda: loop.run_in_executor(self._io, append_lines, self._path, lines),
             lambda: AsyncRetrying(
                 retry=retry_if_exception_type(OSError),
                 wait=self._wait,
@@ -169,9 +183,29 @@ async def retried(
     await retrying()(again)
 
 
-def _append(path: Path, lines: bytes) -> None:
+def append_lines(
+    path: Path, lines: bytes, write: Callable[[int, memoryview], int] = os.write
+) -> None:
+    """Append ``lines`` and fsync them, or leave the file as it was.
+
+    A full disk can take part of an append: the file is cut back to its size before
+    it, so the retry cannot glue its first line onto the fragment. A fragment that a
+    crash left (nothing could cut it back) is ended with a newline first, so it spoils
+    only itself.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "ab") as handle:
-        handle.write(lines)
-        handle.flush()
-        os.fsync(handle.fileno())
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            lines = b"\n" + lines
+        try:
+            pending = memoryview(lines)
+            while pending:
+                pending = pending[write(fd, pending) :]
+            os.fsync(fd)
+        except OSError:
+            os.ftruncate(fd, size)
+            raise
+    finally:
+        os.close(fd)

@@ -90,5 +90,7 @@ class Store(Protocol):
     async def mark_acknowledged(self, *, accepted: Sequence[str], final: Sequence[str]) -> None:
         """Note that the acknowledgment lines of these notifications are on disk."""
 
-    async def unacknowledged(self, *, limit: int) -> list[Notification]:
-        """Notifications whose accepted or terminal acknowledgment line is missing."""
+    async def unacknowledged(self, *, limit: int, before: float) -> list[Notification]:
+        """Notifications missing an acknowledgment line that is not queued for this run:
+        the accepted line of one created before ``before``, or the final line of one that
+        ended before ``before``."""

@@ -391,12 +391,14 @@ class SQLiteStore:
 
         await self._write(mark, can_wait=True)
 
-    async def unacknowledged(self, *, limit: int) -> list[Notification]:
+    async def unacknowledged(self, *, limit: int, before: float) -> list[Notification]:
+        # The first condition is the partial index's, so the index serves the query.
         sql = (
-            "SELECT * FROM notifications WHERE ack_accepted = 0 OR ack_final = 0 "
+            "SELECT * FROM notifications WHERE (ack_accepted = 0 OR ack_final = 0) "
+            "AND ((ack_accepted = 0 AND created_at < ?) OR (ack_final = 0 AND updated_at < ?)) "
             "ORDER BY id LIMIT ?"
         )
-        rows = await self._read(lambda c: c.execute(sql, (limit,)).fetchall())
+        rows = await self._read(lambda c: c.execute(sql, (before, before, limit)).fetchall())
         return [_from_row(r) for r in rows]
 
     async def _write(
