@@ -21,6 +21,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from notifier import logs
+from notifier.connections import connection_limit, guarded_protocol, raise_open_files_limit
 from notifier.errors import ConfigError, NotifierError
 from notifier.settings import Settings
 
@@ -103,6 +104,7 @@ def _serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     logs.configure(settings)
     app = create_app(settings)
+    max_connections = connection_limit(settings, raise_open_files_limit())
     if settings.dev:
         print(
             f"notifier (dev): capture SMTP on 127.0.0.1:{settings.dev_smtp_port}, "
@@ -116,6 +118,9 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=settings.log_level,
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace),
         log_config=None,
+        http=guarded_protocol(
+            max_connections=max_connections, head_timeout=settings.request_head_timeout
+        ),
     )
     GracefulServer(config, on_exit=lambda: begin_shutdown(app)).run()
     return 0

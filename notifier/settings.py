@@ -36,6 +36,12 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     #: ``json`` (one object a line) or ``text``; unset means text with --dev, else json.
     log_format: Literal["json", "text"] | None = None
+    #: Most HTTP connections open at once; past it a new one gets 503 and is closed, so
+    #: idle clients cannot use up the open files that SMTP and the store need.
+    max_connections: int = Field(default=1024, ge=1)
+    #: Seconds a connection may take to send a complete request head, after connecting
+    #: or after its previous response; a silent or slow-loris client is then closed.
+    request_head_timeout: float = Field(default=5.0, gt=0)
 
     # SMTP relay
     smtp_host: str | None = None

@@ -21,6 +21,12 @@ DELIVERY_DEADLINE = 30.0
 
 
 _LISTENING = re.compile(rb"Uvicorn running on http://127\.0\.0\.1:(\d+)")
+#: Run argv[3:] with the open-files limit set to (argv[1], argv[2]); exec keeps the pid.
+_WITH_OPEN_FILES = (
+    "import os, resource, sys; "
+    "resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), int(sys.argv[2]))); "
+    "os.execv(sys.argv[3], sys.argv[3:])"
+)
 
 
 class ServiceProcess:
@@ -30,15 +36,21 @@ class ServiceProcess:
     so no other process can take the port in between.
     """
 
-    def __init__(self, env: dict[str, str], cwd: Path) -> None:
+    def __init__(
+        self, env: dict[str, str], cwd: Path, open_files: tuple[int, int] | None = None
+    ) -> None:
         self.env = {**env, "NOTIFIER_LOG_LEVEL": "info"}
         self.cwd = cwd
+        #: (soft, hard) open-files limit to start the process with; None inherits ours.
+        self.open_files = open_files
         self.url = ""
         self.process: subprocess.Popen[bytes] | None = None
         self.log = cwd / f"serve-{uuid.uuid4().hex[:8]}.log"
 
     def start(self) -> ServiceProcess:
         command = [sys.executable, "-m", "notifier", "serve", "--port", "0"]
+        if self.open_files is not None:
+            command = with_open_files(command, *self.open_files)
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 command, env=self.env, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT
@@ -72,10 +84,20 @@ class ServiceProcess:
         )
 
 
-def spawn(processes: list[ServiceProcess], env: dict[str, str], cwd: Path) -> ServiceProcess:
-    service = ServiceProcess(env, cwd)
+def spawn(
+    processes: list[ServiceProcess],
+    env: dict[str, str],
+    cwd: Path,
+    open_files: tuple[int, int] | None = None,
+) -> ServiceProcess:
+    service = ServiceProcess(env, cwd, open_files)
     processes.append(service)
     return service.start()
+
+
+def with_open_files(command: list[str], soft: int, hard: int) -> list[str]:
+    """``command`` started with this open-files limit (exec keeps the pid, no preexec_fn)."""
+    return [sys.executable, "-c", _WITH_OPEN_FILES, str(soft), str(hard), *command]
 
 
 def wait_all_terminal(url: str, ids: list[str]) -> dict[str, dict[str, Any]]:

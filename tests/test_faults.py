@@ -180,9 +180,7 @@ RELAY_FAULT_CASES = {
         ["EHLO", "STARTTLS", "EHLO", "AUTH", "AUTH"],
     ),
     "silent instead of a greeting": RelayFault(Session(greeting=Action.SILENCE), None, []),
-    "silent at EHLO": RelayFault(
-        Session(replies={"EHLO": [Action.SILENCE]}), None, ["EHLO"]
-    ),
+    "silent at EHLO": RelayFault(Session(replies={"EHLO": [Action.SILENCE]}), None, ["EHLO"]),
     "silent at AUTH": RelayFault(
         Session(replies={"AUTH": Action.SILENCE}), None, ["EHLO", "STARTTLS", "EHLO", "AUTH"]
     ),
