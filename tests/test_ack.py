@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_fixed
 
-from notifier.dispatch.ack import AckWriter, append_lines, retried
+from notifier.dispatch.ack import AckWriter, append_lines
+from notifier.dispatch.backoff import retried
 from notifier.store import SQLiteStore
 from tests.conftest import DEADLINE_SECONDS, MakeSettings, post, running_app, wait_for
 from tests.test_store import make_notification

@@ -17,13 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-    wait_exponential_jitter,
-)
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
+from notifier.dispatch.backoff import exponential, retried
 from notifier.domain import Notification
 from notifier.errors import StoreError
 from notifier.schemas import iso
@@ -66,7 +62,7 @@ class AckWriter:
         self._store = store
         self._clock = clock
         self._queue: asyncio.Queue[tuple[Notification, str]] = asyncio.Queue()
-        self._wait = wait_exponential_jitter(multiplier=retry_initial, max=retry_max)
+        self._wait = exponential(retry_initial, retry_max)
         self._sleep = sleep
         self._on_failure = on_failure
         self._io = ThreadPoolExecutor(1, thread_name_prefix="notifier-ack")
@@ -157,30 +153,6 @@ class AckWriter:
             state.attempt_number,
             state.outcome.exception() if state.outcome else None,
         )
-
-
-async def retried(
-    step: Callable[[], Awaitable[None]], retrying: Callable[[], AsyncRetrying]
-) -> None:
-    """``step()``, and only if it fails, tenacity's retries from that first failure on.
-
-    Setting tenacity up cost more than the write it guards (about 55 µs a use, twice a batch),
-    so the first try goes without it. On a failure, tenacity's first attempt raises
-    that same failure again instead of calling ``step``: its schedule, ``before_sleep``
-    and attempt numbers are then exactly those of tenacity running every try.
-    """
-    try:
-        await step()
-        return
-    except Exception as exc:  # noqa: BLE001 - tenacity's own predicate decides what is retried
-        first_failure: list[BaseException] = [exc]
-
-    async def again() -> None:
-        if first_failure:
-            raise first_failure.pop()
-        await step()
-
-    await retrying()(again)
 
 
 def append_lines(

@@ -11,8 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from enum import StrEnum
 
-from tenacity import RetryCallState, Retrying, wait_exponential_jitter
-
+from notifier.dispatch.backoff import delay, exponential
 from notifier.errors import DeliveryError
 
 
@@ -26,9 +25,7 @@ class RelayBreaker:
     def __init__(
         self, *, initial_delay: float, max_delay: float, clock: Callable[[], float]
     ) -> None:
-        self._wait = wait_exponential_jitter(
-            multiplier=initial_delay, max=max_delay, jitter=initial_delay, min=initial_delay
-        )
+        self._wait = exponential(initial_delay, max_delay)
         self._clock = clock
         self._failures = 0
         self._open_until = 0.0
@@ -73,9 +70,7 @@ class RelayBreaker:
         self._probing = False
         self.last_error = str(error)
         self.failing_since = self.failing_since or now
-        state = RetryCallState(retry_object=Retrying(), fn=None, args=(), kwargs={})
-        state.attempt_number = self._failures
-        self._open_until = now + float(self._wait(state))
+        self._open_until = now + delay(self._wait, self._failures)
 
     def relay_answered(self) -> None:
         """The relay took part in a transaction, whatever it said about the message."""

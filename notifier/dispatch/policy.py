@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tenacity import RetryCallState, Retrying, wait_exponential_jitter
+from tenacity import wait_exponential_jitter
 
+from notifier.dispatch.backoff import delay, exponential
 from notifier.settings import Settings
 
 
@@ -21,13 +22,7 @@ class RetryPolicy:
     _wait: wait_exponential_jitter = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        wait = wait_exponential_jitter(
-            multiplier=self.initial_delay,
-            max=self.max_delay,
-            jitter=self.initial_delay,
-            min=self.initial_delay,
-        )
-        object.__setattr__(self, "_wait", wait)
+        object.__setattr__(self, "_wait", exponential(self.initial_delay, self.max_delay))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RetryPolicy:
@@ -39,6 +34,4 @@ class RetryPolicy:
 
     def delay_after(self, attempt_number: int) -> float:
         """Seconds to wait after failed attempt ``attempt_number`` (1-based)."""
-        state = RetryCallState(retry_object=Retrying(), fn=None, args=(), kwargs={})
-        state.attempt_number = attempt_number
-        return float(self._wait(state))
+        return delay(self._wait, attempt_number)
