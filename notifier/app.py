@@ -19,6 +19,7 @@ from notifier.api.ratelimit import RateLimiter, RateLimitHeaders
 from notifier.api.services import Services
 from notifier.devsmtp import CaptureServer
 from notifier.dispatch.ack import AckWriter
+from notifier.dispatch.backoff import exponential
 from notifier.dispatch.breaker import RelayBreaker
 from notifier.dispatch.dispatcher import Dispatcher
 from notifier.dispatch.policy import RetryPolicy
@@ -33,9 +34,10 @@ from notifier.schemas import normalize_address
 from notifier.settings import Settings
 from notifier.store import SQLiteStore
 
-#: The acknowledgment write backs off like deliveries, but never waits longer than this.
-ACK_RETRY_INITIAL = 0.5
-ACK_RETRY_MAX = 30.0
+#: Writes of what already happened (acknowledgment lines, attempt outcomes) back off like
+#: deliveries when they fail, but never wait longer than this.
+WRITE_RETRY_INITIAL = 0.5
+WRITE_RETRY_MAX = 30.0
 #: A failing relay is probed again after at most this long (and at first after this).
 RELAY_PROBE_INITIAL = 2.0
 RELAY_PROBE_MAX = 300.0
@@ -130,12 +132,14 @@ async def _start(
     retention = Retention(store, keep=settings.retention, clock=time.time)
     await retention.start()
     stack.push_async_callback(retention.stop)
+    write_retry_initial = min(WRITE_RETRY_INITIAL, settings.retry_initial_delay)
+    write_retry_max = min(WRITE_RETRY_MAX, settings.retry_max_delay)
     ack = AckWriter(
         settings.ack_file,
         store,
         clock=time.time,
-        retry_initial=min(ACK_RETRY_INITIAL, settings.retry_initial_delay),
-        retry_max=min(ACK_RETRY_MAX, settings.retry_max_delay),
+        retry_initial=write_retry_initial,
+        retry_max=write_retry_max,
         on_failure=metrics.ack_failures.inc,
     )
     await ack.start()
@@ -157,6 +161,7 @@ async def _start(
         concurrency=settings.send_concurrency,
         lease_seconds=settings.lease_seconds,
         poll_interval=settings.poll_interval,
+        record_wait=exponential(write_retry_initial, write_retry_max),
     )
     await dispatcher.start()
     stack.push_async_callback(dispatcher.stop, settings.shutdown_grace)

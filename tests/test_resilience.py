@@ -142,3 +142,23 @@ async def test_sends_past_the_shutdown_grace_are_released_and_resumed_at_start(
     assert doc["attempts"][0]["possible_duplicate"] is True
     assert outcomes[-1] == "sent"
     assert {r.message_id for r in smtp_handler.received} == {doc["message_id"]}
+
+
+async def test_claims_that_never_reached_the_relay_are_given_back_at_shutdown_unflagged(
+    make_settings: MakeSettings, smtp_handler: ScriptedHandler
+) -> None:
+    smtp_handler.stall()
+    settings = make_settings(send_concurrency=1, shutdown_grace=0.1)
+    async with running_app(settings) as client:
+        ids = [await post(client) for _ in range(4)]
+        await wait_until_in_data(smtp_handler, 1)
+        for notification_id in ids:  # one at the relay, the rest claimed ahead of a slot
+            await wait_for(client, notification_id, lambda d: d["status"] == "sending")
+    smtp_handler.release()
+    async with running_app(settings) as client:
+        docs = [await wait_for(client, notification_id) for notification_id in ids]
+
+    outcomes = [[a["outcome"] for a in doc["attempts"]] for doc in docs]
+    assert sorted(outcomes) == [["interrupted", "sent"]] + [["sent"]] * 3
+    flagged = [a for doc in docs for a in doc["attempts"] if a["possible_duplicate"]]
+    assert len(flagged) == 1

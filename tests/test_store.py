@@ -175,6 +175,47 @@ async def test_released_leases_are_due_at_once(store: SQLiteStore) -> None:
     assert reclaimed[0].attempts[0].outcome == "interrupted"
 
 
+async def test_a_claim_given_back_is_claimed_again_without_an_interrupted_attempt(
+    store: SQLiteStore,
+) -> None:
+    n = make_notification()
+    await store.add(n)
+    await store.claim(owner="a", now=NOW, lease_until=NOW + LEASE, limit=1)
+
+    given_back = await store.unclaim(owner="a", ids=[n.id])
+    not_ours = await store.unclaim(owner="b", ids=[n.id])
+    (again,) = await store.claim(owner="b", now=NOW + 1, lease_until=NOW + LEASE, limit=1)
+
+    assert given_back == 1
+    assert not_ours == 0
+    assert again.id == n.id
+    assert again.attempt_count == 1
+    assert again.attempts == []
+
+
+async def test_a_claim_given_back_keeps_its_status(store: SQLiteStore) -> None:
+    queued, deferred = make_notification(), make_notification(created_at=NOW - 100)
+    await store.add(queued)
+    await store.add(deferred)
+    (first,) = await store.claim(owner="a", now=NOW, lease_until=NOW + LEASE, limit=1)
+    first.status, first.next_attempt_at = NotificationStatus.DEFERRED, NOW + 30
+    await store.finish_attempt(first, lease_owner="a")
+    later = NOW + 30
+    claimed = await store.claim(owner="a", now=later, lease_until=later + LEASE, limit=2)
+
+    await store.unclaim(owner="a", ids=[n.id for n in claimed])
+
+    back_queued, back_deferred = await store.get(queued.id), await store.get(deferred.id)
+    assert back_queued is not None
+    assert back_deferred is not None
+    assert (back_queued.status, back_queued.attempt_count) == (NotificationStatus.QUEUED, 0)
+    assert (back_deferred.status, back_deferred.attempt_count) == (
+        NotificationStatus.DEFERRED,
+        1,
+    )
+    assert back_deferred.lease_owner is None
+
+
 async def test_deferred_notification_is_due_at_its_next_attempt(store: SQLiteStore) -> None:
     await store.add(make_notification())
     (claimed,) = await store.claim(owner="a", now=NOW, lease_until=NOW + LEASE, limit=1)

@@ -13,7 +13,16 @@ from typing import Any
 import pytest
 
 from notifier.errors import StoreError
-from notifier.store.writer import LINGER_SLICES, MAX_BATCH, Job, commit, connect, settle, take_batch
+from notifier.store.writer import (
+    LINGER_SLICES,
+    MAX_BATCH,
+    Job,
+    Writer,
+    commit,
+    connect,
+    settle,
+    take_batch,
+)
 
 
 @pytest.fixture
@@ -75,7 +84,7 @@ async def test_a_batch_commits_every_job_and_answers_each(
 ) -> None:
     batch = jobs(insert("a"), insert("b", "c"))
 
-    results, failure = commit(connection, batch)
+    results, failure, _ = commit(connection, batch)
     settle(results)
 
     assert failure is None
@@ -88,7 +97,7 @@ async def test_a_failing_job_is_rolled_back_alone_and_the_others_commit(
 ) -> None:
     batch = jobs(insert("a"), fails_after_writing, insert("a"), insert("b"))
 
-    results, failure = commit(connection, batch)
+    results, failure, _ = commit(connection, batch)
     settle(results)
 
     assert failure is None
@@ -108,7 +117,7 @@ async def test_a_batch_of_plain_inserts_is_one_statement_without_begin_or_commit
     batch = row_jobs("a", "b", "c")
     seen = statements(connection)
 
-    results, failure = commit(connection, batch, BULK_INSERT)
+    results, failure, _ = commit(connection, batch, BULK_INSERT)
     settle(results)
 
     assert failure is None
@@ -123,7 +132,7 @@ async def test_plain_inserts_share_one_statement_inside_a_mixed_batch(
     batch = [*row_jobs("a", "b"), *jobs(insert("c")), *row_jobs("d")]
     seen = statements(connection)
 
-    results, failure = commit(connection, batch, BULK_INSERT)
+    results, failure, _ = commit(connection, batch, BULK_INSERT)
     settle(results)
 
     assert failure is None
@@ -138,7 +147,7 @@ async def test_a_failing_plain_insert_is_rolled_back_alone(
     connection.execute("INSERT INTO t (k) VALUES ('taken')")
     batch = row_jobs("a", "taken", "b")
 
-    results, failure = commit(connection, batch, BULK_INSERT)
+    results, failure, _ = commit(connection, batch, BULK_INSERT)
     settle(results)
 
     assert failure is None
@@ -156,7 +165,7 @@ async def test_a_failed_commit_fails_every_job_and_says_why(
     connection.execute("PRAGMA query_only = 1")
     batch = row_jobs("a", "b") if bulk else jobs(insert("a"), insert("b"))
 
-    results, failure = commit(connection, batch, BULK_INSERT if bulk else None)
+    results, failure, _ = commit(connection, batch, BULK_INSERT if bulk else None)
     settle(results)
 
     assert failure is not None
@@ -165,6 +174,80 @@ async def test_a_failed_commit_fails_every_job_and_says_why(
             await job.future
     connection.execute("PRAGMA query_only = 0")
     assert keys(connection) == set()
+
+
+def disk_full(c: sqlite3.Connection) -> None:
+    """No page may be added to the database: SQLite's own "database or disk is full"."""
+    pages = c.execute("PRAGMA page_count").fetchone()[0]
+    c.execute(f"PRAGMA max_page_count = {pages}")
+
+
+def disk_freed(c: sqlite3.Connection) -> None:
+    c.execute("PRAGMA max_page_count = 1073741823")
+
+
+def insert_blob(c: sqlite3.Connection) -> None:
+    c.execute("INSERT INTO t (k) VALUES (?)", ("x" * 100_000,))
+
+
+def touch_nothing(c: sqlite3.Connection) -> None:
+    c.execute("UPDATE t SET k = k WHERE k = 'no such row'")
+
+
+async def test_the_failure_flag_is_cleared_only_by_a_write_that_changed_rows(
+    tmp_path: Path,
+) -> None:
+    connect(tmp_path / "writer.db").execute(
+        "CREATE TABLE t (k TEXT PRIMARY KEY)"
+    ).connection.close()
+    writer = Writer(tmp_path / "writer.db", asyncio.get_running_loop(), busy_timeout=1.0)
+    writer.start()
+    try:
+        await writer.submit(disk_full)
+        with pytest.raises(StoreError, match="full"):
+            await writer.submit(insert_blob)
+        full = writer.failure
+        await writer.submit(touch_nothing)  # commits, like an idle claim on a full disk
+        still_full = writer.failure
+        await writer.submit(disk_freed)
+        await writer.submit(insert("a"))
+    finally:
+        await asyncio.to_thread(writer.stop)
+
+    assert full is not None
+    assert "full" in full
+    assert still_full == full
+    assert writer.failure is None
+
+
+async def test_a_write_the_disk_refuses_fails_its_batch_with_the_reason(
+    connection: sqlite3.Connection,
+) -> None:
+    disk_full(connection)
+    batch = jobs(insert("a"), insert_blob)
+
+    results, failure, wrote = commit(connection, batch)
+    settle(results)
+
+    # SQLite rolls back the whole transaction on SQLITE_FULL: no job's write survives.
+    assert failure is not None
+    assert "full" in failure
+    assert not wrote
+    for job in batch:
+        with pytest.raises(StoreError, match="full"):
+            await job.future
+    assert keys(connection) == set()
+
+
+async def test_a_refused_row_is_not_a_store_failure(connection: sqlite3.Connection) -> None:
+    connection.execute("INSERT INTO t (k) VALUES ('taken')")
+    batch = jobs(insert("taken"), insert("b"))
+
+    results, failure, wrote = commit(connection, batch)
+    settle(results)
+
+    assert failure is None
+    assert wrote
 
 
 DELAY = 0.004

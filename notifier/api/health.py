@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from contextlib import suppress
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
@@ -39,13 +40,19 @@ async def readyz(services: ServicesDep) -> JSONResponse:
 
 
 async def _store_check(services: ServicesDep) -> str:
+    """Reads answer, and writes commit: after a failed write, one small write must
+    succeed again before this is ``ok``, so readiness agrees with what a POST would get."""
+    store = services.store
     try:
-        await asyncio.wait_for(services.store.ping(), READY_TIMEOUT)
+        await asyncio.wait_for(store.ping(), READY_TIMEOUT)
     except TimeoutError:
         return f"failing: no answer within {READY_TIMEOUT} s"
     except StoreError as exc:
         return f"failing: {exc}"
-    failure = services.store.write_failure()
+    if store.write_failure() is not None:
+        with suppress(TimeoutError, StoreError):  # the reason is the failure itself
+            await asyncio.wait_for(store.check_writable(), READY_TIMEOUT)
+    failure = store.write_failure()
     return "ok" if failure is None else f"failing: cannot commit: {failure}"
 
 

@@ -12,10 +12,15 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
+from functools import partial
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
+from tenacity.wait import wait_base
 
 from notifier.dispatch.ack import AckWriter
+from notifier.dispatch.backoff import exponential, retried
 from notifier.dispatch.breaker import RelayBreaker
 from notifier.dispatch.outcome import expire, open_recipients, settle
 from notifier.dispatch.policy import RetryPolicy
@@ -36,6 +41,9 @@ CLAIM_BATCH = 16
 #: a commit, which the store may put off for company (``store/writer.py``); this many
 #: in hand keep every connection busy meanwhile (``benchmarks/LEVERS.md``).
 CLAIM_AHEAD = 64
+#: How an outcome write the store refused is retried, unless told otherwise.
+RECORD_RETRY_INITIAL = 0.5
+RECORD_RETRY_MAX = 30.0
 
 
 class Dispatcher:
@@ -52,6 +60,8 @@ class Dispatcher:
         lease_seconds: float,
         poll_interval: float,
         clock: Callable[[], float] = time.time,
+        record_wait: wait_base | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._store = store
         self._transport = transport
@@ -63,14 +73,20 @@ class Dispatcher:
         self._lease_seconds = lease_seconds
         self._poll_interval = poll_interval
         self._clock = clock
+        self._record_wait = record_wait or exponential(RECORD_RETRY_INITIAL, RECORD_RETRY_MAX)
+        self._sleep = sleep
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._wake = asyncio.Event()
         #: Send tasks and the notification each one holds the lease on.
         self._in_flight: dict[asyncio.Task[None], str] = {}
         #: How many of them have not finished their SMTP exchange (or are waiting for it).
         self._unsent = 0
+        #: Notifications whose SMTP transaction has begun: the relay may have them.
+        self._on_relay: set[str] = set()
         #: One per SMTP transaction allowed at once.
         self._slots = asyncio.Semaphore(concurrency)
+        #: Shutting down: nothing new is claimed or handed to the relay.
+        self._stopping = False
         self._claiming: asyncio.Task[None] | None = None
         self._renewing: asyncio.Task[None] | None = None
 
@@ -85,19 +101,29 @@ class Dispatcher:
             task.add_done_callback(_report_crash)
 
     def stop_claiming(self) -> None:
-        """Take no new work; sends in flight go on."""
-        if self._claiming is not None:
-            self._claiming.cancel()
+        """Take no new work; sends in flight go on.
+
+        A claim being committed runs to its end (cancelling it could lose what it
+        claimed), and what it claimed is given back.
+        """
+        self._stopping = True
+        self._wake.set()
 
     async def stop(self, grace: float) -> None:
         """Let sends in flight finish within ``grace`` seconds, then abandon the rest.
 
-        Abandoned sends have their leases released, so the next process (or start)
-        takes them over at once and records them as interrupted.
+        Claims that never reached the relay are given back at once, with no attempt
+        counted. Abandoned sends have their leases released, so the next process (or
+        start) takes them over at once and records them as interrupted.
         """
         self.stop_claiming()
         if self._claiming is not None:
             await asyncio.gather(self._claiming, return_exceptions=True)
+        waiting = {t: n for t, n in self._in_flight.items() if n not in self._on_relay}
+        for task in waiting:
+            task.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
+        await self._unclaim(list(waiting.values()))
         pending: set[asyncio.Task[None]] = set()
         if self._in_flight:
             _, pending = await asyncio.wait(list(self._in_flight), timeout=grace)
@@ -108,11 +134,15 @@ class Dispatcher:
             self._renewing.cancel()
             await asyncio.gather(self._renewing, return_exceptions=True)
         if pending:
-            released = await self._store.release_leases(now=self._clock(), owner=self.owner)
-            log.warning("shutdown grace over: released %d unfinished send(s)", released)
+            try:
+                released = await self._store.release_leases(now=self._clock(), owner=self.owner)
+            except StoreError as exc:
+                log.error("shutdown: releasing unfinished sends failed: %s", exc)
+            else:
+                log.warning("shutdown grace over: released %d unfinished send(s)", released)
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             self._wake.clear()
             # More is claimed than there are slots, so a slot that frees up starts its
             # next send at once instead of waiting for a claim to commit.
@@ -123,6 +153,9 @@ class Dispatcher:
             )
             allowed = self.breaker.allowance(free)
             claimed = await self._claim(allowed) if allowed > 0 else []
+            if self._stopping:
+                await self._unclaim([n.id for n in claimed])
+                return
             self.breaker.claimed(len(claimed))
             for notification in claimed:
                 self._spawn(notification)
@@ -132,6 +165,16 @@ class Dispatcher:
                 # Not asyncio.wait_for: on 3.11 it can swallow a cancellation that races the wake.
                 async with asyncio.timeout(self._idle_timeout(free)):
                     await self._wake.wait()
+
+    async def _unclaim(self, ids: Sequence[str]) -> None:
+        """Give back claims that never reached the relay: not a possible duplicate."""
+        if not ids:
+            return
+        try:
+            await self._store.unclaim(owner=self.owner, ids=ids)
+        except StoreError as exc:
+            # Their leases run out instead; the take-over then flags them, needlessly.
+            log.error("giving back %d unsent claim(s) failed: %s", len(ids), exc)
 
     def _idle_timeout(self, free: int) -> float | None:
         """How long to sleep unless woken: until a slot frees, the breaker's probe, or a poll."""
@@ -177,7 +220,7 @@ class Dispatcher:
         task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Task[None]) -> None:
-        self._in_flight.pop(task, None)
+        self._on_relay.discard(self._in_flight.pop(task, ""))
         self._wake.set()
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("delivery task %s crashed", task.get_name(), exc_info=exc)
@@ -193,16 +236,23 @@ class Dispatcher:
             if started_at >= n.expires_at:
                 self.breaker.probe_abandoned()
                 expire(n, started_at=started_at, now=started_at)
-            else:
-                await self._attempt(n, started_at)
+            elif not await self._attempt(n, started_at):
+                await self._unclaim([n.id])
+                return
         finally:
             self._unsent -= 1
             self._wake.set()
         try:
-            recorded = await self._store.finish_attempt(n, lease_owner=self.owner)
-        except StoreError as exc:
-            log.error("recording attempt %d of %s failed: %s", n.attempt_count, n.id, exc)
-            return
+            recorded = await self._record(n)
+        except asyncio.CancelledError:
+            log.error(
+                "stopped before attempt %d of %s (%s) was recorded; the next start sends it "
+                "again as a possible duplicate",
+                n.attempt_count,
+                n.id,
+                n.status.value,
+            )
+            raise
         if not recorded:
             log.warning("lost the lease on %s; its outcome was not recorded", n.id)
             return
@@ -226,11 +276,32 @@ class Dispatcher:
             self._metrics.ended(n, now=self._clock())
             self._ack.finished(n)
 
-    async def _attempt(self, n: Notification, started_at: float) -> None:
+    async def _record(self, n: Notification) -> bool:
+        """Write the attempt's outcome, fenced on the lease; whether the lease still held.
+
+        The relay has answered, so its answer must not be dropped: a store that refuses
+        the write is retried with backoff until it takes it or shutdown ends the wait.
+        The lease is renewed meanwhile, so a store back within it sends nothing twice.
+        """
+        return await retried(
+            lambda: self._store.finish_attempt(n, lease_owner=self.owner),
+            lambda: AsyncRetrying(
+                retry=retry_if_exception_type(StoreError),
+                wait=self._record_wait,
+                sleep=self._sleep,
+                before_sleep=partial(_record_failed, n),
+            ),
+        )
+
+    async def _attempt(self, n: Notification, started_at: float) -> bool:
+        """One SMTP transaction, settled into ``n``; ``False`` if shutdown came first."""
         recipients = [r.address for r in open_recipients(n)]
         try:
             message = _render(n)
             async with self._slots:
+                if self._stopping:
+                    return False
+                self._on_relay.add(n.id)
                 self._metrics.in_flight.inc()
                 try:
                     with self._metrics.send_seconds.time():
@@ -253,6 +324,18 @@ class Dispatcher:
         else:
             self.breaker.relay_answered()
             settle(n, started_at=started_at, now=self._clock(), policy=self._policy, report=report)
+        return True
+
+
+def _record_failed(n: Notification, state: RetryCallState) -> None:
+    failure = state.outcome.exception() if state.outcome else None
+    log.error(
+        "recording attempt %d of %s failed (try %d), retrying: %s",
+        n.attempt_count,
+        n.id,
+        state.attempt_number,
+        failure,
+    )
 
 
 def _interrupted_by_claim(n: Notification) -> Attempt | None:

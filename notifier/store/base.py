@@ -18,7 +18,16 @@ class Store(Protocol):
         """Raise ``StoreError`` unless a query round-trips."""
 
     def write_failure(self) -> str | None:
-        """Why the last commit failed, until one succeeds again; ``None`` when healthy."""
+        """Why the last write failed, until a write that changed rows commits again;
+        ``None`` when healthy. A write that changes nothing proves nothing: it commits
+        even on a full disk."""
+
+    async def check_writable(self) -> None:
+        """Commit a small write that changes a row; raise ``StoreError`` if it cannot.
+
+        Clears :meth:`write_failure` when it succeeds, so readiness can find out by
+        itself that the store recovered, whether or not anything else writes.
+        """
 
     async def add(
         self, notification: Notification, idempotency: IdempotencyRecord | None = None
@@ -83,6 +92,10 @@ class Store(Protocol):
 
     async def extend_leases(self, *, owner: str, ids: Sequence[str], until: float) -> None:
         """Push back the lease on notifications ``owner`` is still sending."""
+
+    async def unclaim(self, *, owner: str, ids: Sequence[str]) -> int:
+        """Give back claims of ``owner`` that never reached the relay: each is due again,
+        ``queued`` or ``deferred`` as before, with no attempt counted; returns how many."""
 
     async def release_leases(self, *, now: float, owner: str | None = None) -> int:
         """Make ``sending`` notifications due now: ``owner``'s, or all (no sender alive)."""

@@ -13,6 +13,7 @@ import fcntl
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
@@ -80,6 +81,10 @@ CREATE INDEX IF NOT EXISTS notifications_finished
     ON notifications (updated_at) WHERE visible_at IS NULL;
 CREATE INDEX IF NOT EXISTS notifications_unacknowledged
     ON notifications (id) WHERE ack_accepted = 0 OR ack_final = 0;
+CREATE TABLE IF NOT EXISTS heartbeat (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    at REAL NOT NULL
+);
 """
 
 #: Stored values back to members: a dict lookup, where calling the enum costs ten times more.
@@ -108,6 +113,19 @@ WHERE id IN (
     SELECT id FROM notifications WHERE visible_at <= :now ORDER BY visible_at LIMIT :limit
 )
 RETURNING *
+"""
+
+#: Gives back a claim that never reached the relay: no attempt happened, so none is
+#: counted, and the notification is due again as it was (queued or deferred).
+UNCLAIM = """
+UPDATE notifications SET
+    status = CASE WHEN attempt_count - 1 > budget_from THEN 'deferred' ELSE 'queued' END,
+    attempt_count = attempt_count - 1,
+    lease_owner = NULL,
+    lease_started_at = NULL,
+    visible_at = COALESCE(next_attempt_at, created_at)
+WHERE status = 'sending' AND lease_owner = :owner
+    AND id IN (SELECT value FROM json_each(:ids))
 """
 
 FINISH = """
@@ -211,6 +229,14 @@ class SQLiteStore:
 
     def write_failure(self) -> str | None:
         return None if self._writer is None else self._writer.failure
+
+    async def check_writable(self) -> None:
+        sql = (
+            "INSERT INTO heartbeat (id, at) VALUES (1, ?) "
+            "ON CONFLICT (id) DO UPDATE SET at = excluded.at"
+        )
+        now = time.time()
+        await self._write(lambda c: c.execute(sql, (now,)))
 
     async def add(
         self, notification: Notification, idempotency: IdempotencyRecord | None = None
@@ -363,6 +389,12 @@ class SQLiteStore:
             "AND status = 'sending' AND id IN (SELECT value FROM json_each(?))"
         )
         await self._write(lambda c: c.execute(sql, (until, owner, _dump(list(ids)))), can_wait=True)
+
+    async def unclaim(self, *, owner: str, ids: Sequence[str]) -> int:
+        changed: int = await self._write(
+            lambda c: c.execute(UNCLAIM, {"owner": owner, "ids": _dump(list(ids))}).rowcount
+        )
+        return changed
 
     async def release_leases(self, *, now: float, owner: str | None = None) -> int:
         sql = "UPDATE notifications SET visible_at = ? WHERE status = 'sending'"

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import orjson
 
@@ -94,7 +94,8 @@ class Writer(threading.Thread):
         self._bulk_insert = bulk_insert
         self._commit_delay = commit_delay
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
-        #: Why the last commit failed; cleared by the next one that succeeds.
+        #: Why the last write failed; cleared only by a later one that changed rows, since
+        #: a batch that writes nothing (an idle claim) commits even on a full disk.
         self.failure: str | None = None
 
     def submit(
@@ -117,8 +118,12 @@ class Writer(threading.Thread):
         connection = connect(self._path, self._busy_timeout)
         try:
             while (batch := take_batch(self._queue, self._commit_delay)) is not None:
-                results, self.failure = commit(connection, batch, self._bulk_insert)
-                self._loop.call_soon_threadsafe(settle, results)
+                done = commit(connection, batch, self._bulk_insert)
+                if done.failure is not None:
+                    self.failure = done.failure
+                elif done.wrote:
+                    self.failure = None
+                self._loop.call_soon_threadsafe(settle, done.results)
         finally:
             connection.close()
 
@@ -167,9 +172,18 @@ def _drain(jobs: queue.SimpleQueue[Job | None], batch: list[Job]) -> bool:
 Result = tuple[Job, Any, BaseException | None]
 
 
+class Committed(NamedTuple):
+    #: Each job with its value or its error.
+    results: list[Result]
+    #: Why the store failed this batch (its commit, or a job's write), if it did.
+    failure: str | None
+    #: Rows changed and committed: the disk took a write.
+    wrote: bool
+
+
 def commit(
     connection: sqlite3.Connection, batch: list[Job], bulk_insert: str | None = None
-) -> tuple[list[Result], str | None]:
+) -> Committed:
     """Run every job in one transaction; a failing job is rolled back alone.
 
     The batch first runs as plain statements, its rows inserted by ``bulk_insert`` in
@@ -177,8 +191,6 @@ def commit(
     job by job, with a savepoint around each: savepoints double the statements, and
     statements are what a batch's time goes on (see the module's docstring). Jobs are
     pure functions of the database, so running one twice is safe.
-
-    Returns each job's result and, if the commit itself failed, why.
     """
     if bulk_insert is not None and all(job.row is not None for job in batch):
         try:
@@ -186,20 +198,21 @@ def commit(
         except sqlite3.Error:
             pass  # The statement changed nothing; the general path finds the culprit.
         else:
-            return [(job, None, None) for job in batch], None
+            return Committed([(job, None, None) for job in batch], None, wrote=True)
     try:
         try:
-            results = _run(connection, batch, isolated=False, bulk_insert=bulk_insert)
+            ran = _run(connection, batch, isolated=False, bulk_insert=bulk_insert)
         except _JobFailed:
-            connection.execute("ROLLBACK")
-            results = _run(connection, batch, isolated=True, bulk_insert=None)
+            if connection.in_transaction:  # SQLite ends it itself on a full disk or I/O error
+                connection.execute("ROLLBACK")
+            ran = _run(connection, batch, isolated=True, bulk_insert=None)
         connection.execute("COMMIT")
     except sqlite3.Error as exc:
         with suppress(sqlite3.Error):
             connection.execute("ROLLBACK")
         error = StoreError(f"database commit failed: {exc}")
-        return [(job, None, error) for job in batch], str(exc)
-    return results, None
+        return Committed([(job, None, error) for job in batch], str(exc), wrote=False)
+    return ran
 
 
 class _JobFailed(Exception):
@@ -208,14 +221,18 @@ class _JobFailed(Exception):
 
 def _run(
     connection: sqlite3.Connection, batch: list[Job], *, isolated: bool, bulk_insert: str | None
-) -> list[Result]:
+) -> Committed:
+    """Each job's result, the store's own failure among them (not a refused row), and
+    whether the jobs that succeeded changed rows; committed by the caller."""
     connection.execute("BEGIN IMMEDIATE")
     results: list[Result] = []
+    failure: str | None = None
+    changed = 0
     if bulk_insert is not None and any(job.row is not None for job in batch):
         # New rows go first: no other job can depend on them, as their callers have
         # not been answered yet.
         try:
-            connection.execute(bulk_insert, (_rows(batch),))
+            changed += connection.execute(bulk_insert, (_rows(batch),)).rowcount
         except sqlite3.Error as exc:
             raise _JobFailed from exc
         results = [(job, None, None) for job in batch if job.row is not None]
@@ -223,20 +240,26 @@ def _run(
     for job in batch:
         if isolated:
             connection.execute("SAVEPOINT job")
+        before = connection.total_changes
         try:
             value = job.fn(connection)
         except Exception as exc:
             if not isolated:
                 raise _JobFailed from exc
+            if not connection.in_transaction:
+                raise  # SQLite rolled back the whole batch: it fails as one
             connection.execute("ROLLBACK TO job")
             if isinstance(exc, sqlite3.Error):
+                if not isinstance(exc, sqlite3.IntegrityError):
+                    failure = str(exc)
                 exc = StoreError(f"database write failed: {exc}")
             results.append((job, None, exc))
         else:
             results.append((job, value, None))
+            changed += connection.total_changes - before
         if isolated:
             connection.execute("RELEASE job")
-    return results
+    return Committed(results, failure, wrote=changed > 0)
 
 
 def _rows(batch: list[Job]) -> bytes:
