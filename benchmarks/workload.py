@@ -20,6 +20,7 @@ from typing import Any
 from notifier.domain import (
     Address,
     Attempt,
+    AttemptOutcome,
     Notification,
     RecipientStatus,
 )
@@ -136,7 +137,7 @@ def seed_terminal(db: Path, count: int) -> None:
         for i in range(first, last):
             created = end - (count - i) * step
             notification_id = _uuid7(created)
-            attempt = Attempt(1, created + 0.002, created + 0.006, "sent", 250, "OK")
+            attempt = Attempt(1, created + 0.002, created + 0.006, AttemptOutcome.SENT, 250, "OK")
             out.append(
                 (
                     notification_id,

@@ -58,6 +58,28 @@ class RecipientStatus(StrEnum):
     FAILED = "failed"
 
 
+class AttemptOutcome(StrEnum):
+    """How one attempt ended: the status it left the notification in, or ``interrupted``."""
+
+    #: Every open recipient accepted.
+    SENT = "sent"
+    #: Some recipients accepted, the others refused for good.
+    PARTIALLY_SENT = "partially_sent"
+    #: A transient fault: another attempt follows.
+    DEFERRED = "deferred"
+    #: Refused for good, or the attempts were spent.
+    FAILED = "failed"
+    #: The lifetime ran out before or during this attempt.
+    EXPIRED = "expired"
+    #: The sender stopped before recording an outcome; the relay may have the message.
+    INTERRUPTED = "interrupted"
+
+    @classmethod
+    def after(cls, status: NotificationStatus) -> AttemptOutcome:
+        """The outcome of an attempt that left its notification ``status``."""
+        return cls(status.value)
+
+
 class RecipientKind(StrEnum):
     TO = "to"
     CC = "cc"
@@ -91,7 +113,7 @@ class Attempt:
     number: int
     started_at: float
     finished_at: float
-    outcome: str
+    outcome: AttemptOutcome
     smtp_code: int | None = None
     message: str | None = None
     #: The relay failed (down, AUTH, TLS), not this message: does not spend the budget.

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import lru_cache
-from typing import Annotated, Any, overload
+from typing import Annotated, Any
 
 import orjson
 from email_validator import EmailNotValidError, validate_email
@@ -28,7 +28,7 @@ from pydantic import (
 
 from notifier.domain import (
     Address,
-    Attempt,
+    AttemptOutcome,
     Content,
     Notification,
     NotificationStatus,
@@ -38,6 +38,7 @@ from notifier.domain import (
     new_id,
 )
 from notifier.message import message_id_for
+from notifier.records import attempt_record, iso, recipient_record
 
 #: Anything that could end or forge a header line: C0/C1 controls, DEL, Unicode
 #: line and paragraph separators, and lone surrogates (which cannot be encoded).
@@ -262,7 +263,7 @@ class AttemptOut(BaseModel):
     number: int
     started_at: datetime
     finished_at: datetime
-    outcome: str
+    outcome: AttemptOutcome
     smtp_code: int | None
     message: str | None
     relay_fault: bool
@@ -312,18 +313,6 @@ class ReadinessBody(BaseModel):
     checks: dict[str, str]
 
 
-@overload
-def iso(timestamp: float) -> str: ...
-@overload
-def iso(timestamp: None) -> None: ...
-@overload
-def iso(timestamp: float | None) -> str | None: ...
-def iso(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
-
-
 def accepted_body(notification: Notification, location: str) -> dict[str, Any]:
     return {
         "id": notification.id,
@@ -340,17 +329,8 @@ def status_body(n: Notification) -> dict[str, Any]:
         "id": n.id,
         "status": n.status.value,
         "subject": n.content.subject,
-        "recipients": [
-            {
-                "address": r.address,
-                "kind": r.kind.value,
-                "status": r.status.value,
-                "smtp_code": r.smtp_code,
-                "smtp_message": r.smtp_message,
-            }
-            for r in n.recipients
-        ],
-        "attempts": [_attempt_body(a) for a in n.attempts],
+        "recipients": [recipient_record(r) for r in n.recipients],
+        "attempts": [attempt_record(a, iso) for a in n.attempts],
         "attempt_count": n.attempt_count,
         "next_attempt_at": iso(n.next_attempt_at),
         "last_error": n.last_error,
@@ -360,17 +340,4 @@ def status_body(n: Notification) -> dict[str, Any]:
         "updated_at": iso(n.updated_at),
         "expires_at": iso(n.expires_at),
         "metadata": n.metadata,
-    }
-
-
-def _attempt_body(a: Attempt) -> dict[str, Any]:
-    return {
-        "number": a.number,
-        "started_at": iso(a.started_at),
-        "finished_at": iso(a.finished_at),
-        "outcome": a.outcome,
-        "smtp_code": a.smtp_code,
-        "message": a.message,
-        "relay_fault": a.relay_fault,
-        "possible_duplicate": a.possible_duplicate,
     }

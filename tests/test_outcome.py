@@ -10,6 +10,7 @@ from notifier.dispatch.policy import RetryPolicy
 from notifier.domain import (
     Address,
     Attempt,
+    AttemptOutcome,
     Content,
     Notification,
     NotificationStatus,
@@ -50,7 +51,15 @@ def notification(
     relay faults, the rest ordinary deferrals.
     """
     history = [
-        Attempt(i, STARTED, STARTED, "deferred", 451, "451 Busy", relay_fault=i <= relay_faults)
+        Attempt(
+            i,
+            STARTED,
+            STARTED,
+            AttemptOutcome.DEFERRED,
+            451,
+            "451 Busy",
+            relay_fault=i <= relay_faults,
+        )
         for i in range(1, attempt_count)
     ]
     return Notification(
@@ -106,7 +115,7 @@ def test_every_recipient_accepted_is_sent_and_the_attempt_is_recorded() -> None:
     assert n.next_attempt_at is None
     assert n.last_error is None
     assert n.updated_at == NOW
-    assert n.attempts[-1] == Attempt(2, STARTED, NOW, "sent", 250, QUEUED.message)
+    assert n.attempts[-1] == Attempt(2, STARTED, NOW, AttemptOutcome.SENT, 250, QUEUED.message)
 
 
 def test_recipient_refused_for_good_while_others_accepted_is_partially_sent() -> None:
@@ -258,7 +267,7 @@ def test_permanent_error_fails_every_open_recipient() -> None:
     assert n.next_attempt_at is None
     assert n.last_error is not None
     assert "550 5.7.1 Sender not allowed" in n.last_error
-    assert n.attempts == [Attempt(1, STARTED, NOW, "failed", 550, str(error))]
+    assert n.attempts == [Attempt(1, STARTED, NOW, AttemptOutcome.FAILED, 550, str(error))]
 
 
 def test_transient_error_defers_every_open_recipient() -> None:
@@ -318,7 +327,7 @@ def test_relay_error_at_the_attempt_cap_still_defers(attempt_count: int) -> None
     assert_deferred_within_policy(n)
     assert statuses(n) == {ADA: RecipientStatus.DEFERRED, BOB: RecipientStatus.DEFERRED}
     assert n.attempts[-1] == Attempt(
-        attempt_count, STARTED, NOW, "deferred", 535, str(error), relay_fault=True
+        attempt_count, STARTED, NOW, AttemptOutcome.DEFERRED, 535, str(error), relay_fault=True
     )
 
 
@@ -377,7 +386,7 @@ def test_expire_before_an_attempt_fails_open_recipients_and_records_why() -> Non
     assert n.last_error == reason
     assert statuses(n) == {ADA: RecipientStatus.FAILED, BOB: RecipientStatus.FAILED}
     assert {r.smtp_message for r in n.recipients} == {reason}
-    assert n.attempts[-1] == Attempt(3, NOW, NOW, "expired", None, reason)
+    assert n.attempts[-1] == Attempt(3, NOW, NOW, AttemptOutcome.EXPIRED, None, reason)
     assert n.updated_at == NOW
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from notifier.domain import (
     Address,
+    AttemptOutcome,
     Content,
     Notification,
     NotificationStatus,
@@ -334,7 +335,9 @@ async def test_attempts_and_recipients_read_back_whole(store: SQLiteStore) -> No
     claimed.recipients[0].status = RecipientStatus.SENT
     claimed.recipients[0].smtp_code = 250
     claimed.recipients[0].smtp_message = "2.0.0 OK"
-    claimed.attempts.append(Attempt(1, NOW, NOW + 1, "deferred", 451, "4.3.0 later", True, True))
+    claimed.attempts.append(
+        Attempt(1, NOW, NOW + 1, AttemptOutcome.DEFERRED, 451, "4.3.0 later", True, True)
+    )
     await store.finish_attempt(claimed, lease_owner="a")
 
     stored = await store.get(claimed.id)

@@ -22,7 +22,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 from notifier.dispatch.backoff import exponential, retried
 from notifier.domain import Notification
 from notifier.errors import StoreError
-from notifier.schemas import iso
+from notifier.records import ACK_RECIPIENT_FIELDS, iso, recipient_record
 from notifier.store import Store
 
 log = logging.getLogger(__name__)
@@ -33,15 +33,13 @@ CATCH_UP_BATCH = 1000
 
 def ack_line(notification: Notification, event: str, at: str) -> dict[str, Any]:
     """The record of ``event`` at ISO time ``at``: ids, addresses and outcomes, never the body."""
+    recipients = [recipient_record(r) for r in notification.recipients]
     return {
         "id": notification.id,
         "event": event,
         "at": at,
         "message_id": notification.message_id,
-        "recipients": [
-            {"address": r.address, "kind": r.kind.value, "status": r.status.value}
-            for r in notification.recipients
-        ],
+        "recipients": [{k: r[k] for k in ACK_RECIPIENT_FIELDS} for r in recipients],
         "metadata": notification.metadata,
     }
 

@@ -25,7 +25,7 @@ from notifier.dispatch.breaker import RelayBreaker
 from notifier.dispatch.outcome import expire, open_recipients, settle
 from notifier.dispatch.policy import RetryPolicy
 from notifier.dispatch.transport import SMTPTransport
-from notifier.domain import Attempt, Notification
+from notifier.domain import Attempt, AttemptOutcome, Notification
 from notifier.errors import DeliveryError, PermanentDeliveryError, StoreError
 from notifier.message import render
 from notifier.metrics import Metrics
@@ -341,7 +341,11 @@ def _record_failed(n: Notification, state: RetryCallState) -> None:
 def _interrupted_by_claim(n: Notification) -> Attempt | None:
     """The ``interrupted`` attempt the claim that handed us ``n`` has just recorded."""
     last = n.attempts[-1] if n.attempts else None
-    if last is not None and last.outcome == "interrupted" and last.number == n.attempt_count - 1:
+    if (
+        last is not None
+        and last.outcome is AttemptOutcome.INTERRUPTED
+        and last.number == n.attempt_count - 1
+    ):
         return last
     return None
 

@@ -8,6 +8,7 @@ from notifier.dispatch.classify import is_success, recipient_status
 from notifier.dispatch.policy import RetryPolicy
 from notifier.domain import (
     Attempt,
+    AttemptOutcome,
     Notification,
     NotificationStatus,
     Recipient,
@@ -67,7 +68,7 @@ def settle(
             number=n.attempt_count,
             started_at=started_at,
             finished_at=now,
-            outcome=n.status.value,
+            outcome=AttemptOutcome.after(n.status),
             smtp_code=code,
             message=text,
             relay_fault=relay_fault,
@@ -84,7 +85,8 @@ def expire(n: Notification, *, started_at: float, now: float) -> None:
     n.status = _final_status(n, NotificationStatus.EXPIRED)
     n.last_error = reason
     n.next_attempt_at = None
-    n.attempts.append(Attempt(n.attempt_count, started_at, now, n.status.value, None, reason))
+    outcome = AttemptOutcome.after(n.status)
+    n.attempts.append(Attempt(n.attempt_count, started_at, now, outcome, None, reason))
     n.updated_at = now
 
 

@@ -25,6 +25,7 @@ import orjson
 from notifier.domain import (
     Address,
     Attempt,
+    AttemptOutcome,
     Content,
     IdempotencyRecord,
     Notification,
@@ -34,6 +35,7 @@ from notifier.domain import (
     RecipientStatus,
 )
 from notifier.errors import StoreError, StoreLockedError
+from notifier.records import attempt_record, content_record, recipient_record
 from notifier.store.writer import Row, Writer, connect
 
 T = TypeVar("T")
@@ -91,6 +93,7 @@ CREATE TABLE IF NOT EXISTS heartbeat (
 _NOTIFICATION_STATUS = {member.value: member for member in NotificationStatus}
 _RECIPIENT_KIND = {member.value: member for member in RecipientKind}
 _RECIPIENT_STATUS = {member.value: member for member in RecipientStatus}
+_ATTEMPT_OUTCOME = {member.value: member for member in AttemptOutcome}
 
 _INTERRUPTED = "the sender stopped before recording an outcome; the message may have been delivered"
 
@@ -100,7 +103,7 @@ CLAIM = """
 UPDATE notifications SET
     attempts = CASE WHEN status = 'sending' THEN json_insert(attempts, '$[#]', json_object(
         'number', attempt_count, 'started_at', lease_started_at, 'finished_at', :now,
-        'outcome', 'interrupted', 'smtp_code', NULL, 'message', :interrupted,
+        'outcome', :interrupted_outcome, 'smtp_code', NULL, 'message', :interrupted,
         'relay_fault', json('false'), 'possible_duplicate', json('true')))
         ELSE attempts END,
     status = 'sending',
@@ -138,14 +141,7 @@ UPDATE notifications SET
 WHERE id = :id AND lease_owner = :lease_owner AND attempt_count = :attempt_count
 """
 
-INSERT = """
-INSERT INTO notifications (id, owner, status, content, recipients, metadata, message_id,
-    created_at, updated_at, expires_at, visible_at)
-VALUES (:id, :owner, :status, :content, :recipients, :metadata, :message_id,
-    :created_at, :updated_at, :expires_at, :visible_at)
-"""
-
-#: :data:`INSERT`'s columns, in the order of :data:`BULK_INSERT`'s rows.
+#: The columns a new notification is inserted with, in the order of a bulk insert's rows.
 INSERT_COLUMNS = (
     "id",
     "owner",
@@ -159,15 +155,19 @@ INSERT_COLUMNS = (
     "expires_at",
     "visible_at",
 )
+_COLUMNS = ", ".join(INSERT_COLUMNS)
+
+INSERT = f"""
+INSERT INTO notifications ({_COLUMNS})
+VALUES ({", ".join(f":{column}" for column in INSERT_COLUMNS)})
+"""  # noqa: S608 - the column names are constants
 
 #: :data:`INSERT` for a whole batch in one statement: ``?`` is a JSON array of rows.
-BULK_INSERT = """
-INSERT INTO notifications (id, owner, status, content, recipients, metadata, message_id,
-    created_at, updated_at, expires_at, visible_at)
-SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5,
-    value ->> 6, value ->> 7, value ->> 8, value ->> 9, value ->> 10
+BULK_INSERT = f"""
+INSERT INTO notifications ({_COLUMNS})
+SELECT {", ".join(f"value ->> {i}" for i in range(len(INSERT_COLUMNS)))}
 FROM json_each(?)
-"""
+"""  # noqa: S608 - the column names are constants
 
 INSERT_KEY = """
 INSERT INTO idempotency_keys (owner, key, request_hash, notification_id, response, expires_at)
@@ -357,6 +357,7 @@ class SQLiteStore:
             "lease_until": lease_until,
             "limit": limit,
             "interrupted": _INTERRUPTED,
+            "interrupted_outcome": AttemptOutcome.INTERRUPTED.value,
         }
         rows = await self._write(lambda c: c.execute(CLAIM, params).fetchall(), can_wait=can_wait)
         claimed = [_from_row(r) for r in rows]
@@ -540,57 +541,12 @@ def _address(value: dict[str, Any]) -> Address:
     return Address(value["address"], value.get("name"))
 
 
-def _content_json(c: Content) -> str:
-    """Written by hand: ``dataclasses.asdict`` deep-copies, and this is on the hot path."""
-    return _dump(
-        {
-            "sender": _address_dict(c.sender),
-            "to": [_address_dict(a) for a in c.to],
-            "cc": [_address_dict(a) for a in c.cc],
-            "reply_to": [_address_dict(a) for a in c.reply_to],
-            "subject": c.subject,
-            "text": c.text,
-            "html": c.html,
-            "headers": c.headers,
-        }
-    )
-
-
-def _address_dict(a: Address) -> dict[str, str | None]:
-    return {"address": a.address, "name": a.name}
-
-
 def _recipients_json(recipients: list[Recipient]) -> str:
-    return _dump(
-        [
-            {
-                "address": r.address,
-                "kind": r.kind,
-                "status": r.status,
-                "smtp_code": r.smtp_code,
-                "smtp_message": r.smtp_message,
-            }
-            for r in recipients
-        ]
-    )
+    return _dump([recipient_record(r) for r in recipients])
 
 
 def _attempts_json(attempts: list[Attempt]) -> str:
-    return _dump(
-        [
-            {
-                "number": a.number,
-                "started_at": a.started_at,
-                "finished_at": a.finished_at,
-                "outcome": a.outcome,
-                "smtp_code": a.smtp_code,
-                "message": a.message,
-                "relay_fault": a.relay_fault,
-                "possible_duplicate": a.possible_duplicate,
-            }
-            for a in attempts
-        ]
-    )
+    return _dump([attempt_record(a) for a in attempts])
 
 
 def _to_row(n: Notification) -> dict[str, Any]:
@@ -599,7 +555,7 @@ def _to_row(n: Notification) -> dict[str, Any]:
         "id": n.id,
         "owner": n.owner,
         "status": n.status.value,
-        "content": _content_json(content),
+        "content": _dump(content_record(content)),
         "recipients": _recipients_json(n.recipients),
         "metadata": _dump(n.metadata),
         "message_id": n.message_id,
@@ -608,6 +564,10 @@ def _to_row(n: Notification) -> dict[str, Any]:
         "expires_at": n.expires_at,
         "visible_at": n.created_at,
     }
+
+
+def _attempt(value: dict[str, Any]) -> Attempt:
+    return Attempt(**{**value, "outcome": _ATTEMPT_OUTCOME[value["outcome"]]})
 
 
 def _from_row(row: sqlite3.Row) -> Notification:
@@ -636,7 +596,7 @@ def _from_row(row: sqlite3.Row) -> Notification:
             )
             for r in orjson.loads(row["recipients"])
         ],
-        attempts=[Attempt(**a) for a in orjson.loads(row["attempts"])],
+        attempts=[_attempt(a) for a in orjson.loads(row["attempts"])],
         metadata=orjson.loads(row["metadata"]),
         message_id=row["message_id"],
         created_at=row["created_at"],
