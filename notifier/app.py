@@ -24,7 +24,7 @@ from notifier.dispatch.breaker import RelayBreaker
 from notifier.dispatch.dispatcher import Dispatcher
 from notifier.dispatch.policy import RetryPolicy
 from notifier.dispatch.relay import RelayMonitor
-from notifier.dispatch.transport import RelayConfig, SMTPTransport
+from notifier.dispatch.smtp import RelayConfig, SMTPTransport
 from notifier.domain import Notification
 from notifier.errors import ConfigError
 from notifier.keys import KeyRing
@@ -172,11 +172,7 @@ async def _start(
         dispatcher.wake()
 
     async def on_changed(notification: Notification) -> None:
-        if notification.status.terminal:
-            metrics.ended(notification, now=time.time())
-            ack.finished(notification)
-        else:
-            dispatcher.wake()
+        dispatcher.changed(notification)
 
     services = Services(
         settings=settings,

@@ -75,8 +75,8 @@ class Metrics:
         if attempt.possible_duplicate:
             self.possible_duplicates.inc()
 
-    def ended(self, n: Notification, *, now: float) -> None:
-        self.finished.labels(n.status.value, end_reason(n)).inc()
+    def ended(self, n: Notification, reason: str, *, now: float) -> None:
+        self.finished.labels(n.status.value, reason).inc()
         if n.status.value in ("sent", "partially_sent"):
             self.delivery_seconds.observe(max(0.0, now - n.created_at))
 
@@ -89,18 +89,3 @@ def code_class(code: int | None) -> str:
     if code is None or not 200 <= code < 600:
         return "none"
     return f"{code // 100}xx"
-
-
-def end_reason(n: Notification) -> str:
-    """Why a notification ended, for the ``reason`` label."""
-    last_code = n.attempts[-1].smtp_code if n.attempts else None
-    match n.status.value:
-        case "sent":
-            return "delivered"
-        case "partially_sent":
-            return "partial"
-        case "cancelled":
-            return "cancelled"
-        case "expired":
-            return "lifetime"
-    return "refused" if last_code is not None and 500 <= last_code < 600 else "retries_exhausted"

@@ -15,7 +15,7 @@ from notifier.dispatch.ack import AckWriter
 from notifier.dispatch.breaker import RelayBreaker
 from notifier.dispatch.dispatcher import Dispatcher
 from notifier.dispatch.policy import RetryPolicy
-from notifier.dispatch.transport import RelayConfig, SMTPTransport
+from notifier.dispatch.smtp import RelayConfig, SMTPTransport
 from notifier.domain import Notification, NotificationStatus
 from notifier.errors import StoreError
 from notifier.metrics import Metrics

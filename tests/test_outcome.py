@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from notifier.dispatch.classify import connection_error, recipient_status, reply_error
-from notifier.dispatch.outcome import Reply, SendReport, expire, settle
+from notifier.dispatch.outcome import expire, settle
 from notifier.dispatch.policy import RetryPolicy
+from notifier.dispatch.smtp.classify import connection_error, recipient_status, reply_error
+from notifier.dispatch.smtp.report import Reply, SendReport
 from notifier.domain import (
     Address,
     Attempt,

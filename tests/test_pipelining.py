@@ -18,8 +18,7 @@ import pytest
 import uvloop
 from aiosmtpd.controller import Controller
 
-from notifier.dispatch.outcome import SendReport
-from notifier.dispatch.transport import SMTPTransport
+from notifier.dispatch.smtp import SendReport, SMTPTransport
 from notifier.errors import PermanentDeliveryError, TransientDeliveryError
 from tests.conftest import MakeSettings, post, running_app, wait_for
 from tests.raw_smtp import END_OF_DATA, Action, Hangup, RawSMTPServer, Reply, Session, verbs

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from aiosmtplib import SMTPReadTimeoutError, SMTPResponseException, SMTPServerDisconnected
 
-from notifier.dispatch.replies import ReplyReader
+from notifier.dispatch.smtp.replies import ReplyReader
 
 
 def fed(*chunks: bytes) -> ReplyReader:

@@ -25,13 +25,8 @@ from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from notifier.dispatch.transport import (
-    RelayConfig,
-    SMTPTransport,
-    data_block,
-    smtp_path,
-    translate,
-)
+from notifier.dispatch.smtp.translate import translate
+from notifier.dispatch.smtp.transport import RelayConfig, SMTPTransport, data_block, smtp_path
 from notifier.domain import Address, Content
 from notifier.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from notifier.message import render

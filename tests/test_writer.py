@@ -20,7 +20,7 @@ from notifier.store.writer import (
     Writer,
     commit,
     connect,
-    settle,
+    resolve,
     take_batch,
 )
 
@@ -85,7 +85,7 @@ async def test_a_batch_commits_every_job_and_answers_each(
     batch = jobs(insert("a"), insert("b", "c"))
 
     results, failure, _ = commit(connection, batch)
-    settle(results)
+    resolve(results)
 
     assert failure is None
     assert [await job.future for job in batch] == [1, 2]
@@ -98,7 +98,7 @@ async def test_a_failing_job_is_rolled_back_alone_and_the_others_commit(
     batch = jobs(insert("a"), fails_after_writing, insert("a"), insert("b"))
 
     results, failure, _ = commit(connection, batch)
-    settle(results)
+    resolve(results)
 
     assert failure is None
     assert keys(connection) == {"a", "b"}
@@ -118,7 +118,7 @@ async def test_a_batch_of_plain_inserts_is_one_statement_without_begin_or_commit
     seen = statements(connection)
 
     results, failure, _ = commit(connection, batch, BULK_INSERT)
-    settle(results)
+    resolve(results)
 
     assert failure is None
     assert seen == ["INSERT"]
@@ -133,7 +133,7 @@ async def test_plain_inserts_share_one_statement_inside_a_mixed_batch(
     seen = statements(connection)
 
     results, failure, _ = commit(connection, batch, BULK_INSERT)
-    settle(results)
+    resolve(results)
 
     assert failure is None
     assert seen == ["BEGIN", "INSERT", "INSERT", "COMMIT"]
@@ -148,7 +148,7 @@ async def test_a_failing_plain_insert_is_rolled_back_alone(
     batch = row_jobs("a", "taken", "b")
 
     results, failure, _ = commit(connection, batch, BULK_INSERT)
-    settle(results)
+    resolve(results)
 
     assert failure is None
     assert await batch[0].future is None
@@ -166,7 +166,7 @@ async def test_a_failed_commit_fails_every_job_and_says_why(
     batch = row_jobs("a", "b") if bulk else jobs(insert("a"), insert("b"))
 
     results, failure, _ = commit(connection, batch, BULK_INSERT if bulk else None)
-    settle(results)
+    resolve(results)
 
     assert failure is not None
     for job in batch:
@@ -227,7 +227,7 @@ async def test_a_write_the_disk_refuses_fails_its_batch_with_the_reason(
     batch = jobs(insert("a"), insert_blob)
 
     results, failure, wrote = commit(connection, batch)
-    settle(results)
+    resolve(results)
 
     # SQLite rolls back the whole transaction on SQLITE_FULL: no job's write survives.
     assert failure is not None
@@ -244,7 +244,7 @@ async def test_a_refused_row_is_not_a_store_failure(connection: sqlite3.Connecti
     batch = jobs(insert("taken"), insert("b"))
 
     results, failure, wrote = commit(connection, batch)
-    settle(results)
+    resolve(results)
 
     assert failure is None
     assert wrote

@@ -31,7 +31,6 @@ class RelayBreaker:
         self._open_until = 0.0
         self._probing = False
         self.last_error: str | None = None
-        self.failing_since: float | None = None
 
     @property
     def state(self) -> BreakerState:
@@ -69,7 +68,6 @@ class RelayBreaker:
         self._failures += 1
         self._probing = False
         self.last_error = str(error)
-        self.failing_since = self.failing_since or now
         self._open_until = now + delay(self._wait, self._failures)
 
     def relay_answered(self) -> None:
@@ -77,7 +75,6 @@ class RelayBreaker:
         self._failures = 0
         self._probing = False
         self.last_error = None
-        self.failing_since = None
 
     def problem(self) -> str | None:
         if self._failures == 0:

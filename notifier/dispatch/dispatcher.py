@@ -22,9 +22,9 @@ from tenacity.wait import wait_base
 from notifier.dispatch.ack import AckWriter
 from notifier.dispatch.backoff import exponential, retried
 from notifier.dispatch.breaker import RelayBreaker
-from notifier.dispatch.outcome import expire, open_recipients, settle
+from notifier.dispatch.outcome import end_reason, expire, open_recipients, settle
 from notifier.dispatch.policy import RetryPolicy
-from notifier.dispatch.transport import SMTPTransport
+from notifier.dispatch.smtp import SMTPTransport
 from notifier.domain import Attempt, AttemptOutcome, Notification
 from notifier.errors import DeliveryError, PermanentDeliveryError, StoreError
 from notifier.message import render
@@ -93,6 +93,18 @@ class Dispatcher:
     def wake(self) -> None:
         """Look for due work now rather than at the next poll."""
         self._wake.set()
+
+    def changed(self, n: Notification) -> None:
+        """``n`` changed outside delivery (a cancel, a manual retry): count and acknowledge
+        its end, or look for it now."""
+        if n.status.terminal:
+            self._ended(n)
+        else:
+            self.wake()
+
+    def _ended(self, n: Notification) -> None:
+        self._metrics.ended(n, end_reason(n), now=self._clock())
+        self._ack.finished(n)
 
     async def start(self) -> None:
         self._claiming = asyncio.create_task(self._run(), name="notifier-dispatcher")
@@ -273,8 +285,7 @@ class Dispatcher:
             },
         )
         if n.status.terminal:
-            self._metrics.ended(n, now=self._clock())
-            self._ack.finished(n)
+            self._ended(n)
 
     async def _record(self, n: Notification) -> bool:
         """Write the attempt's outcome, fenced on the lease; whether the lease still held.

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-from notifier.dispatch.classify import is_success, recipient_status
 from notifier.dispatch.policy import RetryPolicy
+from notifier.dispatch.smtp.classify import (
+    error_status,
+    is_permanent,
+    is_success,
+    recipient_status,
+)
+from notifier.dispatch.smtp.report import Reply, SendReport
 from notifier.domain import (
     Attempt,
     AttemptOutcome,
@@ -14,25 +18,7 @@ from notifier.domain import (
     Recipient,
     RecipientStatus,
 )
-from notifier.errors import DeliveryError, PermanentDeliveryError
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    code: int
-    message: str
-
-
-@dataclass(slots=True)
-class SendReport:
-    """What the relay said in one transaction that got as far as RCPT."""
-
-    #: The RCPT reply for each envelope recipient, in order.
-    recipients: dict[str, Reply] = field(default_factory=dict)
-    #: The reply to the end of DATA, when DATA succeeded.
-    data: Reply | None = None
-    #: Why DATA failed, when it did; recipients accepted at RCPT share its fate.
-    data_error: DeliveryError | None = None
+from notifier.errors import DeliveryError
 
 
 def open_recipients(notification: Notification) -> list[Recipient]:
@@ -91,13 +77,8 @@ def expire(n: Notification, *, started_at: float, now: float) -> None:
 
 
 def _apply_error(n: Notification, error: DeliveryError) -> tuple[int | None, str]:
-    status = (
-        RecipientStatus.FAILED
-        if isinstance(error, PermanentDeliveryError)
-        else RecipientStatus.DEFERRED
-    )
     for r in open_recipients(n):
-        r.status, r.smtp_code, r.smtp_message = status, error.code, str(error)
+        _apply_error_to(r, error)
     return error.code, str(error)
 
 
@@ -138,9 +119,7 @@ def _apply_report(n: Notification, report: SendReport) -> tuple[int | None, str,
 
 
 def _apply_error_to(r: Recipient, error: DeliveryError) -> None:
-    permanent = isinstance(error, PermanentDeliveryError)
-    r.status = RecipientStatus.FAILED if permanent else RecipientStatus.DEFERRED
-    r.smtp_code, r.smtp_message = error.code, str(error)
+    r.status, r.smtp_code, r.smtp_message = error_status(error), error.code, str(error)
 
 
 def _conclude(
@@ -193,3 +172,19 @@ def _first_failure(n: Notification) -> str | None:
             code = f"{r.smtp_code} " if r.smtp_code is not None else ""
             return f"{r.address}: {code}{r.smtp_message or 'refused'}"
     return None
+
+
+def end_reason(n: Notification) -> str:
+    """Why ``n`` ended, for the metrics: ``delivered``, ``partial``, ``cancelled``,
+    ``lifetime``, ``refused`` (a permanent reply) or ``retries_exhausted``."""
+    match n.status:
+        case NotificationStatus.SENT:
+            return "delivered"
+        case NotificationStatus.PARTIALLY_SENT:
+            return "partial"
+        case NotificationStatus.CANCELLED:
+            return "cancelled"
+        case NotificationStatus.EXPIRED:
+            return "lifetime"
+    last_code = n.attempts[-1].smtp_code if n.attempts else None
+    return "refused" if last_code is not None and is_permanent(last_code) else "retries_exhausted"

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Callable
 
 from notifier.dispatch.breaker import RelayBreaker
-from notifier.dispatch.transport import SMTPTransport
+from notifier.dispatch.smtp import SMTPTransport
 from notifier.errors import DeliveryError
 
 

@@ -123,7 +123,7 @@ class Writer(threading.Thread):
                     self.failure = done.failure
                 elif done.wrote:
                     self.failure = None
-                self._loop.call_soon_threadsafe(settle, done.results)
+                self._loop.call_soon_threadsafe(resolve, done.results)
         finally:
             connection.close()
 
@@ -266,7 +266,7 @@ def _rows(batch: list[Job]) -> bytes:
     return orjson.dumps([job.row for job in batch if job.row is not None])
 
 
-def settle(results: list[Result]) -> None:
+def resolve(results: list[Result]) -> None:
     for job, value, error in results:
         if job.future.done():
             continue

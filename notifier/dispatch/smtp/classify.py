@@ -30,6 +30,15 @@ def recipient_status(rcpt_code: int) -> RecipientStatus:
     return RecipientStatus.DEFERRED
 
 
+def error_status(error: DeliveryError) -> RecipientStatus:
+    """What a failed transaction means for the recipients it was for."""
+    return (
+        RecipientStatus.FAILED
+        if isinstance(error, PermanentDeliveryError)
+        else RecipientStatus.DEFERRED
+    )
+
+
 def reply_error(code: int, message: str, *, stage: str, relay: bool = False) -> DeliveryError:
     """The delivery error an unwanted reply at ``stage`` stands for."""
     text = f"{stage}: {code} {message}".strip()

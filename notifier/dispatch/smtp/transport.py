@@ -1,8 +1,7 @@
 """SMTP over aiosmtplib, with connections reused across messages and PIPELINING.
 
-With :mod:`notifier.dispatch.replies`, the only module that imports aiosmtplib: its
-exceptions are translated here, in :func:`translate`, into transient or permanent
-``DeliveryError``s by reply code.
+Part of :mod:`notifier.dispatch.smtp`, the only package that imports aiosmtplib; its
+failures become notifier's in :mod:`~notifier.dispatch.smtp.translate`.
 
 A transaction (MAIL, RCPT, DATA) goes through aiosmtplib's protocol object rather
 than ``SMTP.mail``, ``rcpt`` and ``data``: those parse every address again with
@@ -19,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -28,10 +26,11 @@ import aiosmtplib
 from aiosmtplib.email import quote_address
 from aiosmtplib.protocol import COMMAND_INJECTION_REGEX, SMTPProtocol
 
-from notifier.dispatch.classify import connection_error, is_success, reply_error
-from notifier.dispatch.outcome import Reply, SendReport
-from notifier.dispatch.replies import ReplyReader
-from notifier.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
+from notifier.dispatch.smtp.classify import is_success, reply_error
+from notifier.dispatch.smtp.replies import ReplyReader
+from notifier.dispatch.smtp.report import Reply, SendReport
+from notifier.dispatch.smtp.translate import readable, relay_silent, translated
+from notifier.errors import PermanentDeliveryError, TransientDeliveryError
 from notifier.settings import Settings
 
 T = TypeVar("T")
@@ -124,7 +123,7 @@ class SMTPTransport:
                 return await self._send_on(self._idle.pop(), transaction)
             except _Stale:
                 pass
-        connection = _Connection(await _translated(self._connect()))
+        connection = _Connection(await translated(self._connect()))
         return await self._send_on(connection, transaction)
 
     async def _send_on(
@@ -132,7 +131,7 @@ class SMTPTransport:
     ) -> SendReport:
         """``transaction`` on ``connection``, closed unless the transaction ends cleanly."""
         try:
-            report = await _translated(transaction(connection))
+            report = await translated(transaction(connection))
         except BaseException:
             # Failed or cancelled mid-transaction: this connection's state is unknown.
             connection.client.close()
@@ -142,9 +141,9 @@ class SMTPTransport:
 
     async def probe(self) -> None:
         """Connect, greet (STARTTLS and AUTH as configured) and quit; raises ``DeliveryError``."""
-        client = await _translated(self._connect())
+        client = await translated(self._connect())
         try:
-            await _translated(client.quit(timeout=self._config.timeout))
+            await translated(client.quit(timeout=self._config.timeout))
         finally:
             client.close()
 
@@ -193,7 +192,7 @@ class SMTPTransport:
                 # Most likely the relay's idle timeout, sent before this MAIL arrived.
                 raise _Stale
             if not is_success(reply.code):
-                raise aiosmtplib.SMTPSenderRefused(reply.code, reply.message, sender)
+                raise reply_error(reply.code, readable(reply.message), stage="MAIL FROM")
             report = SendReport()
             for address, rcpt in zip(recipients, rcpts, strict=True):
                 report.recipients[address] = _reply(await exchange.answer(*rcpt, limit=timeout))
@@ -211,7 +210,7 @@ class SMTPTransport:
                 # Lost, timed out or garbled after the body went out: the relay may have it.
                 client.close()
                 report.data_error = TransientDeliveryError(
-                    f"DATA: outcome unknown, {_readable(str(exc))}; "
+                    f"DATA: outcome unknown, {readable(str(exc))}; "
                     "retrying under the same Message-ID",
                     unknown_outcome=True,
                 )
@@ -358,7 +357,7 @@ async def _refused(
 ) -> SendReport:
     """The relay refused the message at DATA: a reply code, so the outcome is known even
     if the relay hangs up next; the session is reset for the next message."""
-    report.data_error = reply_error(reply.code, _readable(reply.message), stage="DATA")
+    report.data_error = reply_error(reply.code, readable(reply.message), stage="DATA")
     await exchange.reset(limit)
     return report
 
@@ -394,18 +393,7 @@ def _protocol(client: aiosmtplib.SMTP) -> SMTPProtocol:
 
 
 def _reply(response: aiosmtplib.SMTPResponse) -> Reply:
-    return Reply(response.code, _readable(response.message))
-
-
-def _readable(text: str) -> str:
-    """Reply text as stored and shown: bytes that were not UTF-8 become U+FFFD.
-
-    aiosmtplib keeps such bytes as lone surrogates, which neither JSON nor a log file
-    can hold: left in, recording the attempt fails and the message is sent again.
-    """
-    if text.isascii():
-        return text
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return Reply(response.code, readable(response.message))
 
 
 def smtp_path(address: str) -> str:
@@ -433,53 +421,3 @@ def data_block(message: bytes) -> bytes:
     if message.startswith(b"."):
         message = b"." + message
     return message.replace(b"\r\n.", b"\r\n..") + b".\r\n"
-
-
-async def _translated(step: Awaitable[T]) -> T:
-    """Await ``step``, turning aiosmtplib's and the socket's failures into notifier's."""
-    try:
-        return await step
-    except DeliveryError:
-        raise
-    except (aiosmtplib.SMTPException, OSError, ValueError, UnicodeError) as exc:
-        raise translate(exc) from exc
-
-
-def relay_silent(exc: aiosmtplib.SMTPException, *, stage: str) -> DeliveryError:
-    """A timeout or hang-up before the message was handed over: a relay fault, which opens
-    the breaker and spends no attempt. Only the DATA phase is the message's."""
-    kind = "timeout" if isinstance(exc, aiosmtplib.SMTPTimeoutError) else "connection lost"
-    return connection_error(f"{kind}: {_readable(str(exc))}", stage=stage)
-
-
-def translate(exc: BaseException) -> DeliveryError:
-    """The one place aiosmtplib's failures become notifier's, decided by reply code."""
-    match exc:
-        case aiosmtplib.SMTPAuthenticationError():
-            return reply_error(exc.code, _readable(exc.message), stage="AUTH", relay=True)
-        case aiosmtplib.SMTPConnectResponseError():
-            return reply_error(exc.code, _readable(exc.message), stage="greeting", relay=True)
-        case aiosmtplib.SMTPHeloError():
-            return reply_error(exc.code, _readable(exc.message), stage="EHLO", relay=True)
-        case aiosmtplib.SMTPSenderRefused():
-            return reply_error(exc.code, _readable(exc.message), stage="MAIL FROM")
-        case aiosmtplib.SMTPDataError():
-            return reply_error(exc.code, _readable(exc.message), stage="DATA")
-        case aiosmtplib.SMTPResponseException():
-            return reply_error(exc.code, _readable(exc.message), stage="reply")
-        case aiosmtplib.SMTPConnectError():
-            return connection_error(_readable(str(exc)), stage="connect")
-        case aiosmtplib.SMTPTimeoutError():
-            return TransientDeliveryError(f"timeout: {exc}")
-        case aiosmtplib.SMTPServerDisconnected():
-            return TransientDeliveryError(f"connection lost: {exc}")
-        case aiosmtplib.SMTPException():
-            # STARTTLS refused or not offered, and other relay-level refusals without a code.
-            return connection_error(_readable(str(exc)), stage="relay")
-        case ssl.SSLError():
-            return connection_error(f"TLS failure: {exc}", stage="TLS")
-        case UnicodeError() | ValueError():
-            return PermanentDeliveryError(f"message could not be encoded for SMTP: {exc}")
-        case OSError():
-            return connection_error(str(exc), stage="connect")
-    return TransientDeliveryError(f"unexpected failure: {exc!r}")
