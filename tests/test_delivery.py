@@ -268,3 +268,18 @@ async def test_final_reply_slower_than_the_data_timeout_is_an_unknown_outcome(
     assert doc["attempts"][0]["possible_duplicate"] is True
     assert "timed out" in doc["attempts"][0]["message"].lower()
     assert {r.message_id for r in smtp_handler.received} == {doc["message_id"]}
+
+
+async def test_an_attempt_starts_when_its_transaction_does_not_while_it_waits_for_a_slot(
+    make_settings: MakeSettings, smtp_handler: ScriptedHandler
+) -> None:
+    smtp_handler.stall()
+    async with running_app(make_settings(send_concurrency=1)) as client:
+        first, second = await post(client), await post(client)
+        await wait_until_in_data(smtp_handler, 1)
+        await wait_for(client, second, lambda d: d["status"] == "sending")
+        smtp_handler.release()
+        done = [await wait_for(client, n) for n in (first, second)]
+
+    (ahead,), (behind,) = (doc["attempts"] for doc in done)
+    assert behind["started_at"] >= ahead["finished_at"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import logging
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -172,12 +173,12 @@ RELAY_FAULT_CASES = {
     "AUTH 535": RelayFault(
         Session(replies={"AUTH": "535 5.7.8 Authentication credentials invalid"}),
         535,
-        ["EHLO", "STARTTLS", "EHLO", "AUTH", "AUTH"],
+        ["EHLO", "STARTTLS", "EHLO", "AUTH"],
     ),
     "AUTH 454": RelayFault(
         Session(replies={"AUTH": "454 4.7.0 Temporary authentication failure"}),
         454,
-        ["EHLO", "STARTTLS", "EHLO", "AUTH", "AUTH"],
+        ["EHLO", "STARTTLS", "EHLO", "AUTH"],
     ),
     "silent instead of a greeting": RelayFault(Session(greeting=Action.SILENCE), None, []),
     "silent at EHLO": RelayFault(Session(replies={"EHLO": [Action.SILENCE]}), None, ["EHLO"]),
@@ -325,6 +326,27 @@ async def test_certificate_from_the_configured_authority_is_trusted_and_auth_run
     (received,) = tls_relay.handler.received
     assert received.rcpt_tos == [ADA]
     assert received.message_id == doc["message_id"]
+
+
+async def test_debug_log_shows_each_sessions_shape_and_replies_but_no_secret_or_body(
+    make_settings: MakeSettings,
+    tls_relay: TLSRelay,
+    authority: Authority,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="notifier.dispatch.smtp")
+    settings = secured(make_settings, tls_relay.port, authority)
+    async with running_app(settings) as client:
+        await wait_for(client, await post(client, text="the body, never logged"))
+
+    logged = [r.getMessage() for r in caplog.records if r.name.startswith("notifier.dispatch")]
+    (opened,) = [line for line in logged if line.startswith("SMTP session opened")]
+    assert f"127.0.0.1:{tls_relay.port}" in opened
+    assert "TLS TLSv1." in opened
+    assert "AUTH plain" in opened
+    assert "PIPELINING offered" in opened
+    assert "SMTP transaction, pipelined: MAIL 250, RCPT 250, DATA 354, . 250" in logged
+    assert not any(PASSWORD in line or "never logged" in line for line in logged)
 
 
 async def test_sender_deferred_at_mail_from_is_retried_on_a_new_connection_and_sent_once(

@@ -248,7 +248,7 @@ class Dispatcher:
             if started_at >= n.expires_at:
                 self.breaker.probe_abandoned()
                 expire(n, started_at=started_at, now=started_at)
-            elif not await self._attempt(n, started_at):
+            elif not await self._attempt(n):
                 await self._unclaim([n.id])
                 return
         finally:
@@ -304,15 +304,21 @@ class Dispatcher:
             ),
         )
 
-    async def _attempt(self, n: Notification, started_at: float) -> bool:
-        """One SMTP transaction, settled into ``n``; ``False`` if shutdown came first."""
+    async def _attempt(self, n: Notification) -> bool:
+        """One SMTP transaction, settled into ``n``; ``False`` if shutdown came first.
+
+        The attempt starts when its transaction does, once a connection is free, so its
+        duration is the relay's time, not the wait for a slot.
+        """
         recipients = [r.address for r in open_recipients(n)]
+        started_at = self._clock()
         try:
             message = _render(n)
             async with self._slots:
                 if self._stopping:
                     return False
                 self._on_relay.add(n.id)
+                started_at = self._clock()
                 self._metrics.in_flight.inc()
                 try:
                     with self._metrics.send_seconds.time():

@@ -17,6 +17,7 @@ is what bounds a connection's rate to a relay across a network.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ from notifier.errors import PermanentDeliveryError, TransientDeliveryError
 from notifier.settings import Settings
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 #: The relay is closing the channel (RFC 5321 section 3.8): no further command goes through.
 CLOSING = 421
@@ -226,8 +229,6 @@ class SMTPTransport:
         client = aiosmtplib.SMTP(
             hostname=c.host,
             port=c.port,
-            username=c.username,
-            password=c.password,
             use_tls=c.tls == "tls",
             start_tls=c.tls == "starttls",
             validate_certs=c.validate_certs,
@@ -238,6 +239,9 @@ class SMTPTransport:
         try:
             await client.connect()
             await _greet(client)
+            mechanism = None
+            if c.username is not None:
+                mechanism = await _login(client, c.username, c.password or "")
         except (aiosmtplib.SMTPTimeoutError, aiosmtplib.SMTPServerDisconnected) as exc:
             # Silent or gone before the message was even named: the relay's fault.
             client.close()
@@ -245,6 +249,16 @@ class SMTPTransport:
         except BaseException:
             client.close()
             raise
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "SMTP session opened to %s:%d: TLS %s, AUTH %s, PIPELINING %s, SMTPUTF8 %s",
+                c.host,
+                c.port,
+                _tls_version(client),
+                mechanism or "none",
+                _yes(client.supports_extension("pipelining")),
+                _yes(client.supports_extension("smtputf8")),
+            )
         return client
 
     def _release(self, connection: _Connection) -> None:
@@ -271,6 +285,9 @@ class _Exchange:
         self._client = client
         self._protocol = _protocol(client)
         self._ahead = len(ahead)
+        self._pipelined = bool(ahead)
+        #: Each command's verb and its reply code, for the debug log.
+        self.trace: list[tuple[bytes, int]] = []
         #: Closed by this exchange, on the relay's 421.
         self._closed = False
         self._reader: ReplyReader | None = None
@@ -294,6 +311,10 @@ class _Exchange:
     def __exit__(self, *exc_info: object) -> None:
         if self._transport is not None and not self._transport.is_closing():
             self._transport.set_protocol(self._protocol)
+        if log.isEnabledFor(logging.DEBUG):
+            steps = ", ".join(f"{verb.decode()} {code}" for verb, code in self.trace)
+            shape = "pipelined" if self._pipelined else "lock-step"
+            log.debug("SMTP transaction, %s: %s", shape, steps or "no reply")
 
     async def answer(self, *command: bytes, limit: float) -> aiosmtplib.SMTPResponse:
         """``command``'s reply within ``limit`` seconds; a relay closing loses the connection."""
@@ -309,6 +330,7 @@ class _Exchange:
             else:
                 self.write(b" ".join(command) + b"\r\n")
             reply = await self._reader.next(limit)
+        self.trace.append((command[0], reply.code))
         self._closing(reply)
         return reply
 
@@ -321,6 +343,7 @@ class _Exchange:
             reply: aiosmtplib.SMTPResponse = await self._protocol.read_response(timeout=limit)
         else:
             reply = await self._reader.next(limit)
+        self.trace.append((b".", reply.code))
         self._closing(reply)
         return reply
 
@@ -374,6 +397,28 @@ def _mail_command(client: aiosmtplib.SMTP, sender: str, *, smtputf8: bool) -> tu
     return (b"MAIL", b"FROM:" + smtp_path(sender).encode("utf-8"), b"SMTPUTF8")
 
 
+#: aiosmtplib's method for each AUTH mechanism it offers, in its order of preference.
+_AUTH_METHODS = {"cram-md5": "auth_crammd5", "plain": "auth_plain", "login": "auth_login"}
+
+
+async def _login(client: aiosmtplib.SMTP, username: str, password: str) -> str:
+    """AUTH once, with the relay's first mechanism that aiosmtplib prefers; returns it.
+
+    A refusal is final for the session: trying the next mechanism, as aiosmtplib's
+    ``login`` does, costs a second failed login, and relays lock accounts and ban
+    hosts for those.
+    """
+    mechanisms = [m for m in client.supported_auth_methods if m in _AUTH_METHODS]
+    if not mechanisms:
+        offered = " ".join(client.server_auth_methods) or "none"
+        raise aiosmtplib.SMTPException(
+            f"AUTH: the relay offers no mechanism notifier can use (offered: {offered})"
+        )
+    authenticate = getattr(client, _AUTH_METHODS[mechanisms[0]])
+    await authenticate(username, password)
+    return mechanisms[0]
+
+
 async def _greet(client: aiosmtplib.SMTP) -> None:
     """EHLO, or HELO from a relay that refuses it, unless STARTTLS or AUTH greeted already."""
     if not client.is_ehlo_or_helo_needed:
@@ -384,6 +429,15 @@ async def _greet(client: aiosmtplib.SMTP) -> None:
         if not client.is_connected:
             raise
         await client.helo()
+
+
+def _tls_version(client: aiosmtplib.SMTP) -> str:
+    ssl_object = client.get_transport_info("ssl_object")
+    return str(ssl_object.version()) if ssl_object is not None else "none"
+
+
+def _yes(offered: bool) -> str:
+    return "offered" if offered else "not offered"
 
 
 def _protocol(client: aiosmtplib.SMTP) -> SMTPProtocol:
