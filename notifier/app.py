@@ -32,7 +32,7 @@ from notifier.metrics import Metrics
 from notifier.retention import Retention
 from notifier.schemas import normalize_address
 from notifier.settings import Settings
-from notifier.store import SQLiteStore
+from notifier.store import SQLiteStore, Store
 
 #: Writes of what already happened (acknowledgment lines, attempt outcomes) back off like
 #: deliveries when they fail, but never wait longer than this.
@@ -43,8 +43,11 @@ RELAY_PROBE_INITIAL = 2.0
 RELAY_PROBE_MAX = 300.0
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """The service; everything stateful is created and closed by the lifespan."""
+def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
+    """The service; everything stateful is created and closed by the lifespan.
+
+    ``store`` is the one named by ``NOTIFIER_DATABASE_URL`` unless given (unopened).
+    """
     settings.check_startable()
     try:
         normalize_address(settings.sender)
@@ -55,7 +58,7 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            app.state.services, lifecycle = await _start(settings, keys, stack)
+            app.state.services, lifecycle = await _start(settings, keys, stack, store)
             app.state.begin_shutdown = lifecycle.begin_shutdown
             try:
                 yield
@@ -116,14 +119,15 @@ class _Lifecycle:
 
 
 async def _start(
-    settings: Settings, keys: KeyRing, stack: AsyncExitStack
+    settings: Settings, keys: KeyRing, stack: AsyncExitStack, store: Store | None
 ) -> tuple[Services, _Lifecycle]:
     """Start every part in dependency order; the stack stops them in reverse."""
     if settings.dev:
         capture = CaptureServer(settings.dev_mail_dir, settings.dev_smtp_port)
         capture.start()
         stack.callback(capture.stop)
-    store = SQLiteStore(settings.sqlite_path, busy_timeout=settings.store_busy_timeout)
+    if store is None:
+        store = SQLiteStore(settings.sqlite_path, busy_timeout=settings.store_busy_timeout)
     await store.open()
     stack.push_async_callback(store.close)
     # One process owns the database file, so nothing else can still be sending.
@@ -166,6 +170,10 @@ async def _start(
     await dispatcher.start()
     stack.push_async_callback(dispatcher.stop, settings.shutdown_grace)
     lifecycle = _Lifecycle(dispatcher)
+    relay = RelayMonitor(
+        transport, breaker, interval=settings.relay_check_interval, clock=time.monotonic
+    )
+    stack.push_async_callback(relay.close)
 
     async def on_accepted(notification: Notification) -> None:
         ack.accepted(notification)
@@ -181,9 +189,15 @@ async def _start(
         on_changed=on_changed,
         accepting=lambda: lifecycle.accepting,
         relay_problem=breaker.problem,
-        relay_check=RelayMonitor(
-            transport, breaker, interval=settings.relay_check_interval, clock=time.monotonic
-        ).problem,
+        relay_check=relay.problem,
+        failed_parts=lambda: {
+            name: failure
+            for name, failure in (
+                ("dispatcher", dispatcher.failure()),
+                ("acknowledgments", ack.failure()),
+            )
+            if failure is not None
+        },
         backpressure=Backpressure(store, settings.max_pending),
         idempotency=IdempotencyGuard(),
         keys=keys,

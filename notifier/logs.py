@@ -6,6 +6,7 @@ message bodies or secrets. uvicorn's loggers go through the same handler.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 
@@ -43,3 +44,13 @@ def _drop_terminal_colours(record: logging.LogRecord) -> bool:
     """uvicorn attaches an ANSI-coloured copy of each message; JSON readers want one."""
     record.__dict__.pop("color_message", None)
     return True
+
+
+def report_crash(task: asyncio.Task[None]) -> None:
+    """A background loop that ends other than by cancellation is a bug: say so loudly."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        logging.getLogger(__name__).critical(
+            "%s stopped; the process must be restarted (/healthz now fails)",
+            task.get_name(),
+            exc_info=exc,
+        )

@@ -310,7 +310,17 @@ class ErrorBody(BaseModel):
 
 class ReadinessBody(BaseModel):
     status: str
-    checks: dict[str, str]
+    checks: dict[str, str] = Field(
+        description="`store`, `dispatcher` and, while stopping, `shutdown`: each `ok` or why "
+        "not. `relay` is reported too, but never makes the instance unready."
+    )
+
+
+class LivenessBody(BaseModel):
+    status: str
+    checks: dict[str, str] | None = Field(
+        default=None, description="The parts that died, and why; only when `status` is `failing`."
+    )
 
 
 def accepted_body(notification: Notification, location: str) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import pytest
 
 from notifier.app import create_app
 from notifier.settings import Settings
+from notifier.store import Store
 from tests.service import TERMINAL, ServiceProcess
 from tests.smtp_server import ScriptedHandler, SMTPServer
 
@@ -74,8 +75,14 @@ async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 class running_app:
     """The app with its lifespan running, and an httpx client talking to it in-process."""
 
-    def __init__(self, settings: Settings, headers: dict[str, str] | None = None) -> None:
-        self.app = create_app(settings)
+    def __init__(
+        self,
+        settings: Settings,
+        headers: dict[str, str] | None = None,
+        *,
+        store: Store | None = None,
+    ) -> None:
+        self.app = create_app(settings, store=store)
         self._lifespan = self.app.router.lifespan_context(self.app)
         self._client = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=self.app),

@@ -60,7 +60,15 @@ class Hangup:
     reply: str
 
 
-Reply = str | Action | Hangup
+@dataclass(frozen=True)
+class Delayed:
+    """Answer ``reply`` after ``seconds`` (a relay that makes a refused login wait)."""
+
+    reply: str
+    seconds: float
+
+
+Reply = str | Action | Hangup | Delayed
 
 
 @dataclass(frozen=True)
@@ -418,7 +426,7 @@ class _Conversation:
     def _scripted(self, verb: str) -> Reply | None:
         """The scripted reply to this ``verb`` command, if there is one left."""
         scripted = self._script.replies.get(verb)
-        if scripted is None or isinstance(scripted, str | Hangup):
+        if scripted is None or isinstance(scripted, str | Hangup | Delayed):
             return scripted
         queued = self._queued.setdefault(verb, deque(scripted))
         return queued.popleft() if queued else None
@@ -454,6 +462,9 @@ class _Conversation:
                 # DROP, and the DATA actions anywhere but at DATA.
                 self._writer.close()
                 return False
+            case Delayed(line, seconds):
+                await asyncio.sleep(seconds)
+                self._writer.write(_wire(line))
             case Hangup(line):
                 self._writer.write(_wire(line))
                 await self._writer.drain()
@@ -477,7 +488,7 @@ def _accepts(reply: Reply) -> bool:
 
 def _refuses(reply: Reply) -> bool:
     """A 4xx or 5xx reply: the server does not keep the message."""
-    line = reply.reply if isinstance(reply, Hangup) else reply
+    line = reply.reply if isinstance(reply, Hangup | Delayed) else reply
     return not isinstance(line, Action) and line[:1] in ("4", "5")
 
 

@@ -290,9 +290,9 @@ async def test_every_route_has_a_summary_and_every_error_a_documented_body(
             for status, response in operation["responses"].items():
                 if status.startswith(("4", "5")):
                     body = response["content"]["application/json"]["schema"]
-                    assert body["$ref"].endswith(("/ErrorBody", "/ReadinessBody")), (
-                        f"{method} {path} {status}"
-                    )
+                    assert body["$ref"].endswith(
+                        ("/ErrorBody", "/ReadinessBody", "/LivenessBody")
+                    ), f"{method} {path} {status}"
     v1 = [
         operation
         for path, operations in schema["paths"].items()

@@ -15,6 +15,7 @@ from tests.conftest import (
     wait_for,
     wait_until_in_data,
 )
+from tests.raw_smtp import RawSMTPServer
 from tests.smtp_server import ScriptedHandler, free_port
 
 
@@ -71,7 +72,7 @@ async def test_store_that_cannot_commit_answers_503_and_readyz_goes_red(
     assert [item["id"] for item in listed] == [accepted.json()["id"]]
 
 
-async def test_relay_down_keeps_notifications_deferred_and_readyz_says_why(
+async def test_relay_down_keeps_notifications_deferred_and_the_instance_ready(
     make_settings: MakeSettings, smtp_handler: ScriptedHandler
 ) -> None:
     dead_port = free_port()
@@ -81,24 +82,43 @@ async def test_relay_down_keeps_notifications_deferred_and_readyz_says_why(
             client, notification_id, lambda d: len(d["attempts"]) >= 3, deadline=15
         )
         ready = await client.get("/readyz")
+        still_accepting = await client.post("/v1/notifications", json=notification())
 
     assert doc["status"] in {"deferred", "sending"}
     assert all(a["relay_fault"] for a in doc["attempts"][:3])
-    assert ready.status_code == 503
+    # A relay outage must not take the instance out of a load balancer.
+    assert ready.status_code == 200
     assert "relay fault" in ready.json()["checks"]["relay"]
     assert ready.json()["checks"]["store"] == "ok"
+    assert still_accepting.status_code == 202
+
+
+def circuit_open(metrics: str) -> float:
+    (line,) = [x for x in metrics.splitlines() if x.startswith("notifier_relay_circuit_open ")]
+    return float(line.split()[1])
 
 
 async def test_relay_recovery_closes_the_breaker_and_delivers(
-    make_settings: MakeSettings, smtp_handler: ScriptedHandler
+    make_settings: MakeSettings,
 ) -> None:
-    smtp_handler.mail_replies.extend(["421 4.3.0 Not now"])  # answers, so not a relay fault
-    async with running_app(make_settings()) as client:
-        doc = await wait_for(client, await post(client))
-        ready = await client.get("/readyz")
+    relay = RawSMTPServer()  # refuses connections until it starts: a relay fault
+    try:
+        settings = make_settings(smtp_host=relay.host, smtp_port=relay.port)
+        async with running_app(settings) as client:
+            notification_id = await post(client)
+            await wait_for(client, notification_id, lambda d: len(d["attempts"]) >= 1)
+            tripped = (await client.get("/metrics")).text
+            relay.start()
+            doc = await wait_for(client, notification_id)
+            closed = (await client.get("/metrics")).text
+            ready = await client.get("/readyz")
+    finally:
+        relay.stop()
 
+    assert circuit_open(tripped) == 1
     assert doc["status"] == "sent"
-    assert ready.status_code == 200
+    assert doc["attempts"][0]["relay_fault"] is True
+    assert circuit_open(closed) == 0
     assert ready.json()["checks"]["relay"] == "ok"
 
 

@@ -30,8 +30,11 @@ class Services:
     accepting: Callable[[], bool]
     #: The relay circuit breaker's complaint, or ``None`` while it is closed (no I/O).
     relay_problem: Callable[[], str | None]
-    #: What is wrong with the relay, probing it at most once an interval.
-    relay_check: Callable[[], Awaitable[str | None]]
+    #: What is wrong with the relay, probing it at most once an interval; the argument
+    #: bounds the wait for a probe in progress.
+    relay_check: Callable[[float], Awaitable[str | None]]
+    #: Background parts that died (a bug), by name, and why: only a restart revives them.
+    failed_parts: Callable[[], dict[str, str]]
     backpressure: Backpressure
     idempotency: IdempotencyGuard
     keys: KeyRing

@@ -22,6 +22,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 from notifier.dispatch.backoff import exponential, retried
 from notifier.domain import Notification
 from notifier.errors import StoreError
+from notifier.logs import report_crash
 from notifier.records import ACK_RECIPIENT_FIELDS, iso, recipient_record
 from notifier.store import Store
 
@@ -78,6 +79,15 @@ class AckWriter:
         """Start writing; call before anything can accept or finish a notification."""
         self._since = self._clock()
         self._task = asyncio.create_task(self._run(), name="notifier-ack-writer")
+        self._task.add_done_callback(report_crash)
+
+    def failure(self) -> str | None:
+        """Why no more lines will be written (the writer ended by a bug), or ``None``."""
+        task = self._task
+        if task is None or not task.done():
+            return None
+        exc = None if task.cancelled() else task.exception()
+        return f"{task.get_name()} stopped: {exc!r}"
 
     async def stop(self) -> None:
         if self._task is not None:

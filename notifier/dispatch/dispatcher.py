@@ -27,6 +27,7 @@ from notifier.dispatch.policy import RetryPolicy
 from notifier.dispatch.smtp import SMTPTransport
 from notifier.domain import Attempt, AttemptOutcome, Notification
 from notifier.errors import DeliveryError, PermanentDeliveryError, StoreError
+from notifier.logs import report_crash
 from notifier.message import render
 from notifier.metrics import Metrics
 from notifier.store import Store
@@ -94,6 +95,17 @@ class Dispatcher:
         """Look for due work now rather than at the next poll."""
         self._wake.set()
 
+    def failure(self) -> str | None:
+        """Why delivery has stopped for good (a loop of its ended by a bug), or ``None``.
+
+        Nothing restarts the loops within the process: the process must be restarted.
+        """
+        for task in (self._claiming, self._renewing):
+            if task is not None and task.done() and not self._stopping:
+                exc = None if task.cancelled() else task.exception()
+                return f"{task.get_name()} stopped: {exc!r}"
+        return None
+
     def changed(self, n: Notification) -> None:
         """``n`` changed outside delivery (a cancel, a manual retry): count and acknowledge
         its end, or look for it now."""
@@ -110,7 +122,7 @@ class Dispatcher:
         self._claiming = asyncio.create_task(self._run(), name="notifier-dispatcher")
         self._renewing = asyncio.create_task(self._renew_leases(), name="notifier-leases")
         for task in (self._claiming, self._renewing):
-            task.add_done_callback(_report_crash)
+            task.add_done_callback(report_crash)
 
     def stop_claiming(self) -> None:
         """Take no new work; sends in flight go on.
@@ -365,12 +377,6 @@ def _interrupted_by_claim(n: Notification) -> Attempt | None:
     ):
         return last
     return None
-
-
-def _report_crash(task: asyncio.Task[None]) -> None:
-    """A loop that ends other than by cancellation is a bug: say so loudly."""
-    if not task.cancelled() and (exc := task.exception()) is not None:
-        log.critical("%s stopped: nothing more will be sent", task.get_name(), exc_info=exc)
 
 
 def _render(n: Notification) -> bytes:

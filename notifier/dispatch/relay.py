@@ -1,9 +1,17 @@
-"""Is the relay usable? The breaker's view, else a cached connect-and-greet probe."""
+"""What state the relay is in, for ``/readyz``: the breaker's view while it is open, else
+the last probe (connect, EHLO, STARTTLS and AUTH as configured, QUIT).
+
+A probe runs in the background, at most once an interval, and is never cut short: a
+relay that delays a refused login (Dovecot waits 2 s) still has its answer recorded, so
+the checks that follow reuse it instead of logging in, and failing, again. Only the
+caller's wait for a probe in progress is bounded.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from contextlib import suppress
 
 from notifier.dispatch.breaker import RelayBreaker
 from notifier.dispatch.smtp import SMTPTransport
@@ -11,8 +19,6 @@ from notifier.errors import DeliveryError
 
 
 class RelayMonitor:
-    """Answers readiness checks without touching the relay more than once an interval."""
-
     def __init__(
         self,
         transport: SMTPTransport,
@@ -26,22 +32,35 @@ class RelayMonitor:
         self._interval = interval
         self._clock = clock
         self._checked_at = float("-inf")
+        #: What the last probe found: ``None`` when the relay answered.
         self._last: str | None = None
-        self._lock = asyncio.Lock()
+        self._checked = False
+        self._probing: asyncio.Task[None] | None = None
 
-    async def problem(self) -> str | None:
-        """What is wrong with the relay, or ``None`` when it answers."""
+    async def problem(self, wait: float) -> str | None:
+        """What is wrong with the relay, or ``None``; waits at most ``wait`` seconds."""
         if (tripped := self._breaker.problem()) is not None:
             return tripped
-        async with self._lock:
-            if self._clock() - self._checked_at >= self._interval:
-                self._last = await self._probe()
-                self._checked_at = self._clock()
-            return self._last
+        if self._probing is None and self._clock() - self._checked_at >= self._interval:
+            self._probing = asyncio.create_task(self._probe(), name="notifier-relay-probe")
+        if self._probing is not None:
+            with suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._probing), wait)
+        if not self._checked:
+            return f"not known yet: the first probe is still waiting for the relay after {wait} s"
+        return self._last
 
-    async def _probe(self) -> str | None:
+    async def close(self) -> None:
+        if self._probing is not None:
+            self._probing.cancel()
+            await asyncio.gather(self._probing, return_exceptions=True)
+
+    async def _probe(self) -> None:
         try:
             await self._transport.probe()
         except DeliveryError as exc:
-            return f"probe failed: {exc}"
-        return None
+            self._last = f"probe failed: {exc}"
+        else:
+            self._last = None
+        self._checked, self._checked_at = True, self._clock()
+        self._probing = None
