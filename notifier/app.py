@@ -26,11 +26,10 @@ from notifier.dispatch.policy import RetryPolicy
 from notifier.dispatch.relay import RelayMonitor
 from notifier.dispatch.smtp import RelayConfig, SMTPTransport
 from notifier.domain import Notification
-from notifier.errors import ConfigError
 from notifier.keys import KeyRing
 from notifier.metrics import Metrics
+from notifier.preflight import preflight
 from notifier.retention import Retention
-from notifier.schemas import normalize_address
 from notifier.settings import Settings
 from notifier.store import SQLiteStore, Store
 
@@ -48,12 +47,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
 
     ``store`` is the one named by ``NOTIFIER_DATABASE_URL`` unless given (unopened).
     """
-    settings.check_startable()
-    try:
-        normalize_address(settings.sender)
-    except ValueError as exc:
-        raise ConfigError(f"NOTIFIER_MAIL_FROM: {exc}") from None
-    keys = KeyRing.from_settings(settings)
+    keys = preflight(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

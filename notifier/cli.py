@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import json
+import logging
 import math
 import os
 import signal
@@ -18,6 +20,7 @@ from types import FrameType
 from typing import Any
 
 import uvicorn
+from dotenv import dotenv_values
 from pydantic import ValidationError
 
 from notifier import logs
@@ -26,6 +29,8 @@ from notifier.errors import ConfigError, NotifierError
 from notifier.settings import Settings
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+
+log = logging.getLogger("notifier")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -72,8 +77,16 @@ def _parser() -> argparse.ArgumentParser:
     _client_options(status)
     status.set_defaults(run=_status)
 
-    check = commands.add_parser("check-config", help="show effective settings, secrets masked")
-    check.add_argument("--dev", action="store_true", help="check as `serve --dev` would")
+    check = commands.add_parser(
+        "check-config", help="show effective settings, secrets masked, and check them"
+    )
+    mode = check.add_mutually_exclusive_group()
+    mode.add_argument("--dev", action="store_true", help="check as `serve --dev` would")
+    mode.add_argument(
+        "--connect",
+        action="store_true",
+        help="also connect to the relay: EHLO, STARTTLS and AUTH as configured, QUIT",
+    )
     check.add_argument("--env-file", type=Path)
     check.set_defaults(run=_check_config)
     return parser
@@ -103,6 +116,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     logs.configure(settings)
+    for warning in _variable_warnings(args):
+        log.warning("%s", warning)
     app = create_app(settings)
     max_connections = connection_limit(settings, raise_open_files_limit())
     if settings.dev:
@@ -186,11 +201,43 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    """Every check ``serve`` runs before it listens, and with ``--connect`` the relay's."""
+    from notifier.preflight import preflight
+
     settings = _settings(args)
     print(json.dumps(settings.masked(), indent=2, default=str))
-    settings.check_startable()
+    for warning in _variable_warnings(args):
+        print(f"warning: {warning}", file=sys.stderr)
+    preflight(settings)
+    connection_limit(settings, raise_open_files_limit())
+    if args.connect:
+        print(f"relay OK: {_probe_relay(settings)}", file=sys.stderr)
     print("configuration OK", file=sys.stderr)
     return 0
+
+
+def _probe_relay(settings: Settings) -> str:
+    from notifier.dispatch.smtp import RelayConfig, SMTPTransport
+    from notifier.dispatch.smtp.diagnosis import diagnose
+    from notifier.errors import DeliveryError
+
+    config = RelayConfig.from_settings(settings)
+    try:
+        shape = asyncio.run(SMTPTransport(config).probe())
+    except DeliveryError as exc:
+        raise ConfigError(f"relay check failed: {diagnose(exc, config)}") from None
+    return f"{config.host}:{config.port}, {shape}"
+
+
+def _variable_warnings(args: argparse.Namespace) -> list[str]:
+    """Unknown ``NOTIFIER_*`` names, from the environment and the ``--env-file``."""
+    from notifier.preflight import unknown_variables
+
+    names = set(os.environ)
+    env_file: Path | None = getattr(args, "env_file", None)
+    if env_file is not None:
+        names |= set(dotenv_values(env_file))
+    return unknown_variables(names)
 
 
 def _request(args: argparse.Namespace, method: str, path: str, body: object = None) -> int:

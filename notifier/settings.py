@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     smtp_port: int = Field(default=587, ge=1, le=65535)
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
+    #: A file holding the password (a container secret), read at start-up; the file's
+    #: last line end is not part of it.
+    smtp_password_file: Path | None = None
     smtp_tls: Literal["starttls", "tls", "none"] = "starttls"
     smtp_timeout: float = Field(default=30.0, gt=0)
     smtp_data_timeout: float = Field(default=600.0, gt=0)
@@ -125,6 +128,10 @@ class Settings(BaseSettings):
                 "credentials are never sent over an unencrypted connection; "
                 "use NOTIFIER_SMTP_TLS=starttls or tls"
             )
+        if self.smtp_password is not None and self.smtp_password_file is not None:
+            raise ValueError(
+                "NOTIFIER_SMTP_PASSWORD and NOTIFIER_SMTP_PASSWORD_FILE are both set: set one"
+            )
         if self.retry_initial_delay > self.retry_max_delay:
             raise ValueError("NOTIFIER_RETRY_INITIAL_DELAY exceeds NOTIFIER_RETRY_MAX_DELAY")
         return self
@@ -149,6 +156,20 @@ class Settings(BaseSettings):
             return DEV_MAIL_FROM
         raise ConfigError("NOTIFIER_MAIL_FROM is not set: set it to the default sender address")
 
+    def smtp_secret(self) -> str | None:
+        """The SMTP password, from ``NOTIFIER_SMTP_PASSWORD`` or read from its file."""
+        if self.smtp_password is not None:
+            return self.smtp_password.get_secret_value()
+        if self.smtp_password_file is None:
+            return None
+        try:
+            text = self.smtp_password_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeError) as exc:
+            raise ConfigError(
+                f"NOTIFIER_SMTP_PASSWORD_FILE: cannot read {self.smtp_password_file}: {exc}"
+            ) from None
+        return text.removesuffix("\n").removesuffix("\r")
+
     def for_development(self) -> Settings:
         """These settings with delivery pointed at the embedded capture server."""
         development = self.model_copy(
@@ -158,6 +179,7 @@ class Settings(BaseSettings):
                 "smtp_tls": "none",
                 "smtp_username": None,
                 "smtp_password": None,
+                "smtp_password_file": None,
             }
         )
         development._dev = True

@@ -11,12 +11,14 @@ from typing import Any
 
 import httpx
 import pytest
+from aiosmtpd.controller import Controller
 
 from notifier.app import create_app
 from notifier.settings import Settings
 from notifier.store import Store
 from tests.service import TERMINAL, ServiceProcess
-from tests.smtp_server import ScriptedHandler, SMTPServer
+from tests.smtp_server import ScriptedHandler, SMTPServer, free_port
+from tests.tls import Authenticator, Authority, TLSRelay
 
 DEADLINE_SECONDS = 15.0
 
@@ -170,3 +172,35 @@ def processes(service_env: dict[str, str], tmp_path: Path) -> Iterator[list[Serv
     finally:
         for process in started:
             process.kill()
+
+
+@pytest.fixture
+def authority(tmp_path: Path) -> Authority:
+    """The authority notifier is told to trust."""
+    return Authority.create(tmp_path, "relay")
+
+
+@pytest.fixture
+def rogue(tmp_path: Path) -> Authority:
+    """An authority notifier knows nothing of."""
+    return Authority.create(tmp_path, "rogue")
+
+
+@pytest.fixture
+def tls_relay(authority: Authority) -> Iterator[TLSRelay]:
+    """aiosmtpd requiring STARTTLS before MAIL and AUTH, with a certificate from ``authority``."""
+    relay = TLSRelay(ScriptedHandler(), Authenticator(), free_port())
+    controller = Controller(
+        relay.handler,
+        hostname="127.0.0.1",
+        port=relay.port,
+        tls_context=authority.server_context(),
+        require_starttls=True,
+        authenticator=relay.authenticator,
+        auth_require_tls=True,
+    )
+    controller.start()
+    try:
+        yield relay
+    finally:
+        controller.stop()

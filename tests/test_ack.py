@@ -69,9 +69,10 @@ async def test_unwritable_ack_file_delays_acknowledgment_but_not_delivery(
     make_settings: MakeSettings, tmp_path: Path
 ) -> None:
     blocker = tmp_path / "acks"
-    blocker.write_text("a file where the directory should be")
     settings = make_settings(ack_file=blocker / "acks.jsonl")
     async with running_app(settings) as client:
+        # After start-up, which refuses an ack file that cannot be created.
+        blocker.write_text("a file where the directory should be")
         notification_id = await post(client)
         doc = await wait_for(client, notification_id)
         assert doc["status"] == "sent"

@@ -10,26 +10,19 @@ from __future__ import annotations
 import base64
 import dataclasses
 import logging
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from notifier.settings import Settings
 from tests.conftest import MakeSettings, post, running_app, wait_for
 from tests.raw_smtp import END_OF_DATA, Action, Hangup, RawSMTPServer, Session, verbs
-from tests.smtp_server import ScriptedHandler, free_port
-from tests.tls import Authority
+from tests.tls import PASSWORD, USERNAME, Authority, TLSRelay
 
 ADA = "ada@example.com"
 BOB = "bob@example.com"
-USERNAME = "notifier"
-PASSWORD = "relay-secret"
 #: The attempt budget in the relay fault tests, and more relay faults than it allows.
 BUDGET = 2
 RELAY_FAULTS = BUDGET + 1
@@ -86,66 +79,10 @@ def credentials_in(auth_plain_line: str) -> str:
 
 
 @pytest.fixture
-def authority(tmp_path: Path) -> Authority:
-    """The authority notifier is told to trust."""
-    return Authority.create(tmp_path, "relay")
-
-
-@pytest.fixture
-def rogue(tmp_path: Path) -> Authority:
-    """An authority notifier knows nothing of."""
-    return Authority.create(tmp_path, "rogue")
-
-
-@pytest.fixture
 def raw(authority: Authority) -> Iterator[RawSMTPServer]:
     """A raw relay offering STARTTLS with a certificate from ``authority``."""
     with RawSMTPServer(tls_context=authority.server_context()) as server:
         yield server
-
-
-@dataclass
-class Authenticator:
-    """aiosmtpd's AUTH hook: accepts the configured credentials, records each try."""
-
-    #: (mechanism, over TLS, login) per AUTH command.
-    tries: list[tuple[str, bool, bytes]] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def __call__(
-        self, server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any
-    ) -> Any:
-        with self._lock:
-            self.tries.append((mechanism, session.ssl is not None, auth_data.login))
-        expected = LoginPassword(USERNAME.encode(), PASSWORD.encode())
-        return AuthResult(success=auth_data == expected, handled=False)
-
-
-@dataclass
-class TLSRelay:
-    handler: ScriptedHandler
-    authenticator: Authenticator
-    port: int
-
-
-@pytest.fixture
-def tls_relay(authority: Authority) -> Iterator[TLSRelay]:
-    """aiosmtpd requiring STARTTLS before MAIL and AUTH, with a certificate from ``authority``."""
-    relay = TLSRelay(ScriptedHandler(), Authenticator(), free_port())
-    controller = Controller(
-        relay.handler,
-        hostname="127.0.0.1",
-        port=relay.port,
-        tls_context=authority.server_context(),
-        require_starttls=True,
-        authenticator=relay.authenticator,
-        auth_require_tls=True,
-    )
-    controller.start()
-    try:
-        yield relay
-    finally:
-        controller.stop()
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -121,3 +124,14 @@ def test_development_mode_cannot_be_switched_on_from_the_environment(
     assert settings.dev is False
     with pytest.raises(ConfigError, match="NOTIFIER_API_KEYS"):
         settings.check_startable()
+
+
+def setting_variables() -> set[str]:
+    return {"NOTIFIER_" + name.upper() for name in Settings.model_fields}
+
+
+def test_the_example_environment_file_lists_every_setting_and_nothing_else() -> None:
+    example = Path(__file__).parent.parent / "config" / "notifier.env.example"
+    named = set(re.findall(r"^#? ?(NOTIFIER_[A-Z0-9_]+)=", example.read_text(), re.MULTILINE))
+
+    assert named == setting_variables()

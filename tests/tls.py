@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import ssl
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import trustme
+from aiosmtpd.smtp import AuthResult, LoginPassword
+
+from tests.smtp_server import ScriptedHandler
 
 #: The names a loopback relay answers to; notifier checks the one in NOTIFIER_SMTP_HOST.
 LOOPBACK_NAMES = ("127.0.0.1", "localhost")
+#: The credentials the TLS relay accepts.
+USERNAME = "notifier"
+PASSWORD = "relay-secret"
 
 
 @dataclass(frozen=True)
@@ -31,3 +39,27 @@ class Authority:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.ca.issue_cert(*LOOPBACK_NAMES).configure_cert(context)
         return context
+
+
+@dataclass
+class Authenticator:
+    """aiosmtpd's AUTH hook: accepts the configured credentials, records each try."""
+
+    #: (mechanism, over TLS, login) per AUTH command.
+    tries: list[tuple[str, bool, bytes]] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __call__(
+        self, server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any
+    ) -> Any:
+        with self._lock:
+            self.tries.append((mechanism, session.ssl is not None, auth_data.login))
+        expected = LoginPassword(USERNAME.encode(), PASSWORD.encode())
+        return AuthResult(success=auth_data == expected, handled=False)
+
+
+@dataclass
+class TLSRelay:
+    handler: ScriptedHandler
+    authenticator: Authenticator
+    port: int

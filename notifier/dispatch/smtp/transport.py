@@ -70,13 +70,13 @@ class RelayConfig:
     def from_settings(cls, settings: Settings) -> RelayConfig:
         if not settings.smtp_host:
             raise ValueError("no SMTP host configured")
-        password = settings.smtp_password
+        password = settings.smtp_secret()
         return cls(
             host=settings.smtp_host,
             port=settings.smtp_port,
             tls=settings.smtp_tls,
             username=settings.smtp_username,
-            password=password.get_secret_value() if password else None,
+            password=password,
             timeout=settings.smtp_timeout,
             data_timeout=settings.smtp_data_timeout,
             validate_certs=settings.smtp_validate_certs,
@@ -126,7 +126,8 @@ class SMTPTransport:
                 return await self._send_on(self._idle.pop(), transaction)
             except _Stale:
                 pass
-        connection = _Connection(await translated(self._connect()))
+        client, _ = await translated(self._connect())
+        connection = _Connection(client)
         return await self._send_on(connection, transaction)
 
     async def _send_on(
@@ -142,13 +143,18 @@ class SMTPTransport:
         self._release(connection)
         return report
 
-    async def probe(self) -> None:
-        """Connect, greet (STARTTLS and AUTH as configured) and quit; raises ``DeliveryError``."""
-        client = await translated(self._connect())
+    async def probe(self) -> str:
+        """Connect, greet (STARTTLS and AUTH as configured) and quit; raises ``DeliveryError``.
+
+        Returns what the session was like: TLS version, AUTH mechanism, extensions.
+        """
+        client, mechanism = await translated(self._connect())
         try:
+            shape = _shape(client, mechanism)
             await translated(client.quit(timeout=self._config.timeout))
         finally:
             client.close()
+        return shape
 
     async def close(self) -> None:
         while self._idle:
@@ -224,7 +230,8 @@ class SMTPTransport:
         connection.messages += 1
         return report
 
-    async def _connect(self) -> aiosmtplib.SMTP:
+    async def _connect(self) -> tuple[aiosmtplib.SMTP, str | None]:
+        """A greeted (and authenticated) session, and the AUTH mechanism it used."""
         c = self._config
         client = aiosmtplib.SMTP(
             hostname=c.host,
@@ -250,16 +257,8 @@ class SMTPTransport:
             client.close()
             raise
         if log.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "SMTP session opened to %s:%d: TLS %s, AUTH %s, PIPELINING %s, SMTPUTF8 %s",
-                c.host,
-                c.port,
-                _tls_version(client),
-                mechanism or "none",
-                _yes(client.supports_extension("pipelining")),
-                _yes(client.supports_extension("smtputf8")),
-            )
-        return client
+            log.debug("SMTP session opened to %s:%d: %s", c.host, c.port, _shape(client, mechanism))
+        return client, mechanism
 
     def _release(self, connection: _Connection) -> None:
         if connection.messages >= self._config.max_messages_per_connection:
@@ -429,6 +428,15 @@ async def _greet(client: aiosmtplib.SMTP) -> None:
         if not client.is_connected:
             raise
         await client.helo()
+
+
+def _shape(client: aiosmtplib.SMTP, mechanism: str | None) -> str:
+    """A session's shape, for the debug log and ``check-config --connect``; no secrets."""
+    return (
+        f"TLS {_tls_version(client)}, AUTH {mechanism or 'none'}, "
+        f"PIPELINING {_yes(client.supports_extension('pipelining'))}, "
+        f"SMTPUTF8 {_yes(client.supports_extension('smtputf8'))}"
+    )
 
 
 def _tls_version(client: aiosmtplib.SMTP) -> str:
