@@ -17,6 +17,7 @@ from notifier.api.idempotency import IdempotencyGuard
 from notifier.api.limits import BodySizeLimit
 from notifier.api.ratelimit import RateLimiter, RateLimitHeaders
 from notifier.api.services import Services
+from notifier.api.tally import ResponseTally
 from notifier.devsmtp import CaptureServer
 from notifier.dispatch.ack import AckWriter
 from notifier.dispatch.backoff import exponential
@@ -73,6 +74,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
     problem.install(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(RateLimitHeaders)
+    app.add_middleware(ResponseTally)  # outermost: it counts the others' answers too
     return app
 
 

@@ -69,6 +69,13 @@ class Metrics:
             "1 while the relay circuit breaker holds deliveries back.",
             registry=r,
         )
+        self.http_responses = Counter(
+            "notifier_http_responses",
+            "HTTP answers by route (its path template, or `unmatched`) and status class.",
+            ["route", "status_class"],
+            registry=r,
+        )
+        self._http_children: dict[tuple[str, int], Counter] = {}
 
     def attempted(self, attempt: Attempt) -> None:
         self.attempts.labels(attempt.outcome, code_class(attempt.smtp_code)).inc()
@@ -79,6 +86,14 @@ class Metrics:
         self.finished.labels(n.status.value, reason).inc()
         if n.status.value in ("sent", "partially_sent"):
             self.delivery_seconds.observe(max(0.0, now - n.created_at))
+
+    def answered(self, route: str, status: int) -> None:
+        """Count one HTTP answer: a dict lookup and an increment once the pair was seen."""
+        child = self._http_children.get((route, status))
+        if child is None:
+            child = self.http_responses.labels(route, code_class(status))
+            self._http_children[route, status] = child
+        child.inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

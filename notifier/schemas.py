@@ -51,6 +51,7 @@ _CUSTOM_HEADER_NAME = re.compile(r"[Xx]-[!-9;-~]{1,62}")
 MAX_HEADER_VALUE = 998
 MAX_LOCAL_PART_OCTETS = 64  # RFC 5321 section 4.5.3.1.1
 MAX_CUSTOM_HEADERS = 50
+MAX_REPLY_TO = 10
 
 
 def _header_safe(value: str) -> str:
@@ -135,8 +136,17 @@ class NotificationRequest(BaseModel):
     to: list[AddressIn] = Field(min_length=1)
     cc: list[AddressIn] = Field(default_factory=list)
     bcc: list[AddressIn] = Field(default_factory=list)
-    reply_to: Annotated[list[AddressIn], BeforeValidator(_as_list)] = Field(
-        default_factory=list, max_length=10
+    reply_to: Annotated[
+        list[AddressIn],
+        BeforeValidator(
+            _as_list,
+            json_schema_input_type=AddressIn
+            | Annotated[list[AddressIn], Field(max_length=MAX_REPLY_TO)],
+        ),
+    ] = Field(
+        default_factory=list,
+        max_length=MAX_REPLY_TO,
+        description=f"One address, or a list of at most {MAX_REPLY_TO}.",
     )
     sender: AddressIn | None = Field(default=None, alias="from")
     subject: HeaderText = Field(default="", max_length=MAX_HEADER_VALUE)

@@ -20,6 +20,7 @@ READY_TIMEOUT = 2.0
 @router.get(
     "/healthz",
     summary="Liveness: the process and its background parts are alive",
+    operation_id="get_liveness",
     response_model=LivenessBody,
     responses={503: {"model": LivenessBody, "description": "A part died; restart the process."}},
 )
@@ -38,6 +39,7 @@ async def healthz(services: ServicesDep) -> JSONResponse:
 @router.get(
     "/readyz",
     summary="Readiness: this replica should receive traffic",
+    operation_id="get_readiness",
     response_model=ReadinessBody,
     responses={503: {"model": ReadinessBody, "description": "Not ready; `checks` says why."}},
 )

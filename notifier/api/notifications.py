@@ -6,16 +6,24 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.routing import APIRoute
 from starlette.types import Receive, Scope, Send
 
-from notifier.api.auth import CallerDep, caller_of, owner_of
+from notifier.api.auth import CallerDep, authenticate_and_charge, owner_of
 from notifier.api.body import parse_json, read_body, require_json
 from notifier.api.idempotency import HEADER as IDEMPOTENCY_HEADER
 from notifier.api.idempotency import checked_key, request_hash
+from notifier.api.openapi import (
+    IDEMPOTENT_REPLAYED,
+    LOCATION,
+    RATE_LIMIT,
+    RETRY_AFTER,
+    WWW_AUTHENTICATE,
+    documented,
+)
 from notifier.api.problem import ApiError
 from notifier.api.responses import JSON, RawJSON
 from notifier.api.services import Services, ServicesDep, services_of
@@ -27,7 +35,6 @@ from notifier.domain import (
 )
 from notifier.keys import ApiKey, sender_allowed
 from notifier.schemas import (
-    ErrorBody,
     NamedAddress,
     NotificationAccepted,
     NotificationOut,
@@ -49,17 +56,23 @@ NotificationId = Annotated[
         openapi_examples={"id": {"value": "01a1fde9-a2eb-74e1-86b5-597eb64cdee6"}},
     ),
 ]
+#: Every route here checks the API key, takes a rate-limit token and uses the store.
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorBody, "description": "Missing or unknown API key."},
-    422: {"model": ErrorBody, "description": "The request is invalid; nothing was stored."},
-    429: {
-        "model": ErrorBody,
-        "description": "Rate limit of this API key reached; retry after `Retry-After` seconds.",
-    },
+    401: documented("Missing or unknown API key.", WWW_AUTHENTICATE),
+    422: documented("The request is invalid; nothing was stored.", RATE_LIMIT),
+    429: documented(
+        "Rate limit of this API key reached; retry after `Retry-After` seconds.",
+        RATE_LIMIT,
+        RETRY_AFTER,
+    ),
+    503: documented(
+        "The store cannot answer now (busy, locked or unreachable); nothing changed. "
+        "Retry after `Retry-After` seconds.",
+        RATE_LIMIT,
+        RETRY_AFTER,
+    ),
 }
-_NOT_FOUND: dict[int | str, dict[str, Any]] = {
-    404: {"model": ErrorBody, "description": "No such notification."}
-}
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: documented("No such notification.", RATE_LIMIT)}
 RETRY_AFTER_BUSY = "5"
 IdempotencyKey = Annotated[
     str | None,
@@ -84,16 +97,23 @@ class AcceptRoute(APIRoute):
     route. The endpoint's signature still describes the operation in OpenAPI.
     """
 
+    #: All :meth:`handle` reads besides ``Content-Type`` and the bearer key: the body, as
+    #: this model, and these headers, each passed on as the keyword argument named beside
+    #: it. ``tests/test_openapi.py`` holds the operation's OpenAPI description to exactly these.
+    BODY: ClassVar[type[NotificationRequest]] = NotificationRequest
+    HEADERS: ClassVar[tuple[tuple[str, str], ...]] = ((IDEMPOTENCY_HEADER, "idempotency_key"),)
+
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] not in (self.methods or ()):
             await super().handle(scope, receive, send)  # 405, as on every route
             return
         request = Request(scope, receive)
         require_json(request)
-        caller = caller_of(request)
-        body = parse_json(await read_body(receive), NotificationRequest)
-        key = request.headers.get(IDEMPOTENCY_HEADER)
-        answer = await create_notification(body, request, caller, key)
+        caller = authenticate_and_charge(request)
+        body = parse_json(await read_body(receive), self.BODY)
+        headers = request.headers
+        arguments = {argument: headers.get(name) for name, argument in self.HEADERS}
+        answer = await create_notification(body, request, caller, **arguments)
         await answer(send)
 
 
@@ -142,18 +162,28 @@ router.add_api_route(
     status_code=202,
     response_model=NotificationAccepted,
     summary="Accept a notification for delivery",
+    operation_id="create_notification",
     responses={
         **_ERRORS,
-        400: {"model": ErrorBody, "description": "Unparsable JSON or malformed `Idempotency-Key`."},
-        403: {"model": ErrorBody, "description": "`from` is not an allowed sender."},
-        409: {"model": ErrorBody, "description": "Same key, first request still in progress."},
-        413: {"model": ErrorBody, "description": "The request body is too large."},
-        415: {"model": ErrorBody, "description": "The body is not `application/json`."},
-        503: {
-            "model": ErrorBody,
-            "description": "Shutting down, too many undelivered notifications, or the store "
-            "cannot take writes; nothing was stored. Retry after `Retry-After` seconds.",
-        },
+        202: documented(
+            "Accepted and committed; or, for a repeated `Idempotency-Key`, the original answer "
+            "again (`Idempotent-Replayed: true`).",
+            LOCATION,
+            RATE_LIMIT,
+            IDEMPOTENT_REPLAYED,
+            model=None,
+        ),
+        400: documented("Unparsable JSON or malformed `Idempotency-Key`.", RATE_LIMIT),
+        403: documented("`from` is not an allowed sender.", RATE_LIMIT),
+        409: documented("Same key, first request still in progress.", RATE_LIMIT, RETRY_AFTER),
+        413: documented("The request body is too large."),
+        415: documented("The body is not `application/json`."),
+        503: documented(
+            "Shutting down, too many undelivered notifications, or the store cannot take "
+            "writes; nothing was stored. Retry after `Retry-After` seconds.",
+            RATE_LIMIT,
+            RETRY_AFTER,
+        ),
     },
 )
 
@@ -228,7 +258,12 @@ def _replay(record: IdempotencyRecord, digest: str) -> RawJSON:
     "/{notification_id}",
     response_model=NotificationOut,
     summary="Delivery status of one notification",
-    responses={**_ERRORS, **_NOT_FOUND},
+    operation_id="get_notification",
+    responses={
+        **_ERRORS,
+        **_NOT_FOUND,
+        200: documented("The status document.", RATE_LIMIT, model=None),
+    },
 )
 async def get_notification(
     notification_id: NotificationId, services: ServicesDep, caller: CallerDep
@@ -242,7 +277,8 @@ async def get_notification(
     "",
     response_model=NotificationPage,
     summary="List notifications, newest first",
-    responses=_ERRORS,
+    operation_id="list_notifications",
+    responses={**_ERRORS, 200: documented("One page of status documents.", RATE_LIMIT, model=None)},
 )
 async def list_notifications(
     services: ServicesDep,
@@ -266,10 +302,12 @@ async def list_notifications(
     "/{notification_id}",
     response_model=NotificationOut,
     summary="Cancel a notification not yet sent",
+    operation_id="cancel_notification",
     responses={
         **_ERRORS,
         **_NOT_FOUND,
-        409: {"model": ErrorBody, "description": "Already sent, being sent, or finished."},
+        200: documented("Cancelled: the status document.", RATE_LIMIT, model=None),
+        409: documented("Already sent, being sent, or finished.", RATE_LIMIT),
     },
 )
 async def cancel_notification(
@@ -292,10 +330,12 @@ async def cancel_notification(
     response_model=NotificationOut,
     status_code=202,
     summary="Queue a failed or expired notification again",
+    operation_id="retry_notification",
     responses={
         **_ERRORS,
         **_NOT_FOUND,
-        409: {"model": ErrorBody, "description": "Not failed or expired."},
+        202: documented("Queued again: the status document.", LOCATION, RATE_LIMIT, model=None),
+        409: documented("Not failed or expired.", RATE_LIMIT),
     },
 )
 async def retry_notification(

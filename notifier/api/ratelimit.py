@@ -18,7 +18,7 @@ from notifier.api.problem import ApiError
 from notifier.keys import ApiKey
 from notifier.settings import Settings
 
-#: Where `authenticate` leaves the caller's headers for :class:`RateLimitHeaders`.
+#: Where `authenticate_and_charge` leaves the caller's headers for :class:`RateLimitHeaders`.
 STATE_KEY = "rate_limit_headers"
 
 MINUTE = 60.0
