@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -240,3 +242,30 @@ def test_check_config_connect_names_the_setting_to_fix(
     assert "NOTIFIER_SMTP_USERNAME" in outcomes["wrong password"][1]
     assert "not-the-password" not in outcomes["wrong password"][1]
     assert "NOTIFIER_SMTP_PORT" in outcomes["nothing listening"][1]
+
+
+def test_relay_checks_leave_no_socket_open(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tls_relay: TLSRelay,
+    authority: Authority,
+    rogue: Authority,
+) -> None:
+    # A TLS session closes with an exchange of its own, which a check's event loop, ended
+    # right after, would never finish: the session must be closed at once instead.
+    codes = []
+    for variables in (
+        {},
+        {"NOTIFIER_SMTP_PASSWORD": "wrong"},
+        {"NOTIFIER_SMTP_CA_FILE": str(rogue.pem)},
+    ):
+        relay_at(monkeypatch, tls_relay.port, authority, **variables)
+        codes += [main(["check-config", "--connect"]) for _ in range(5)]
+    capsys.readouterr()
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        gc.collect()
+
+    assert codes == [0] * 5 + [2] * 10
+    assert [str(w.message) for w in caught if w.category is ResourceWarning] == []

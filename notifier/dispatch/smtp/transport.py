@@ -251,10 +251,10 @@ class SMTPTransport:
                 mechanism = await _login(client, c.username, c.password or "")
         except (aiosmtplib.SMTPTimeoutError, aiosmtplib.SMTPServerDisconnected) as exc:
             # Silent or gone before the message was even named: the relay's fault.
-            client.close()
+            _discard(client)
             raise relay_silent(exc, stage="session set-up") from exc
         except BaseException:
-            client.close()
+            _discard(client)
             raise
         if log.isEnabledFor(logging.DEBUG):
             log.debug("SMTP session opened to %s:%d: %s", c.host, c.port, _shape(client, mechanism))
@@ -266,6 +266,19 @@ class SMTPTransport:
         elif connection.client.is_connected:
             connection.reused = True
             self._idle.append(connection)
+
+
+def _discard(client: aiosmtplib.SMTP) -> None:
+    """Close a session that failed, at once.
+
+    A plain close of a TLS session waits for the TLS close exchange, which a relay that
+    refused us may never finish; an event loop that ends next (``check-config``) would
+    leave the socket open until the process exits.
+    """
+    transport = client.transport
+    client.close()
+    if isinstance(transport, asyncio.WriteTransport):
+        transport.abort()
 
 
 class _Stale(Exception):
