@@ -17,7 +17,8 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from notifier.domain import new_id
-from notifier.schemas import NotificationRequest, iso
+from notifier.records import iso
+from notifier.schemas import NotificationRequest
 
 app = FastAPI(title="notifier ceiling")
 

@@ -1,10 +1,9 @@
 """HTTP load: the raw-socket Python generator, or wrk (with a Lua script) as a cross-check.
 
 The Python generator is the default for every figure: it saturates the ceiling app
-as wrk does, and its latency tail is steady, whereas a single wrk instance at 64
-connections shows sporadic 100-400 ms outliers on this kind of machine that neither
-the Python generator nor wrk at 32 connections sees against the same server (section
-0 of the report shows both). ``BENCH_LOADGEN=wrk`` makes wrk the default instead.
+as wrk does, and its latency tail is the steadier of the two (section 0 of
+``benchmarks/RESULTS.md`` compares them). ``BENCH_LOADGEN=wrk`` makes wrk the default
+instead.
 """
 
 from __future__ import annotations

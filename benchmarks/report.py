@@ -14,7 +14,7 @@ from pathlib import Path
 from benchmarks import procs, profile
 from benchmarks.load import wrk_path
 from benchmarks.measure import CORES, LoadWatch, num
-from benchmarks.scenarios import Plan, Section, package_version
+from benchmarks.section import Plan, Result, package_version
 
 PACKAGES = (
     "fastapi",
@@ -127,7 +127,7 @@ def render(
     *,
     plan: Plan,
     machine: list[tuple[str, str]],
-    sections: list[Section],
+    results: list[Result],
     failures: list[str],
     watch: LoadWatch,
     loader: str,
@@ -174,8 +174,8 @@ def render(
         "| target | figure | notifier | baseline | ratio | goal | verdict |",
         "| --- | --- | ---: | ---: | ---: | --- | --- |",
     ]
-    for section in sections:
-        for row in section.rows:
+    for result in results:
+        for row in result.section.rows:
             verdict = {True: "met", False: "**missed**", None: "-"}[row.met]
             lines.append(
                 f"| {row.target} | {_cell(row.figure)} | {row.notifier} | {row.baseline} | "
@@ -190,8 +190,8 @@ def render(
     lines += [f"| {key} | {_cell(value)} |" for key, value in machine]
     lines += ["", "## Method", "", *_method(plan, loader), ""]
     lines += _load_table(watch)
-    for section in sections:
-        lines += ["", f"### {section.title}", "", *section.lines]
+    for result in results:
+        lines += ["", f"### {result.section.title}", "", *result.section.lines]
     lines += ["", *_levers()]
     lines += ["", "## Commands", "", *_commands(), ""]
     return "\n".join(lines)
@@ -263,11 +263,11 @@ def _commands() -> list[str]:
     return lines
 
 
-def summary_text(sections: list[Section]) -> str:
+def summary_text(results: list[Result]) -> str:
     """The summary table for the terminal."""
     out = []
-    for section in sections:
-        for row in section.rows:
+    for result in results:
+        for row in result.section.rows:
             verdict = {True: "met", False: "MISSED", None: "-"}[row.met]
             out.append(
                 f"{row.target:>2}  {row.figure[:58]:<58} {row.notifier:>24} "
