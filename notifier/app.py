@@ -82,7 +82,7 @@ def _add_routes(app: FastAPI, router: APIRouter) -> None:
     """Put ``router``'s routes on the app's own router, as they are.
 
     ``include_router`` (FastAPI 0.165) keeps the router whole and matches through it
-    on every request, which cost about a seventh of an accept (``benchmarks/LEVERS.md``).
+    on every request, a measurable share of an accept (``benchmarks/LEVERS.md``).
     Our routers carry their prefix in their routes' paths and have no dependencies of
     their own, so including them would add nothing. Called before the app serves.
     """

@@ -156,8 +156,8 @@ class GracefulServer(uvicorn.Server):
         await super().startup(sockets)
         # What is alive now lives as long as the process: modules, the app, its schemas,
         # the started services. Frozen, it is left out of every later collection, so
-        # the full collections that requests set off stay short (unfrozen, each took
-        # tens of milliseconds: most of the accept benchmark's p99).
+        # the full collections that requests set off stay short (unfrozen, they were
+        # most of the accept benchmark's p99: ``benchmarks/LEVERS.md``).
         gc.collect()
         gc.freeze()
 

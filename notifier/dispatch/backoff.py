@@ -31,8 +31,8 @@ def delay(wait: wait_exponential_jitter, attempt_number: int) -> float:
 async def retried(step: Callable[[], Awaitable[T]], retrying: Callable[[], AsyncRetrying]) -> T:
     """``step()``, and only if it fails, tenacity's retries from that first failure on.
 
-    Setting tenacity up cost more than the write it guards (about 55 µs a use), so the
-    first try goes without it. On a failure, tenacity's first attempt raises that same
+    Setting tenacity up costs more than the write it guards (``benchmarks/LEVERS.md``),
+    so the first try goes without it. On a failure, tenacity's first attempt raises that same
     failure again instead of calling ``step``: its schedule, ``before_sleep`` and
     attempt numbers are then exactly those of tenacity running every try.
     """

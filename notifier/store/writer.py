@@ -12,10 +12,10 @@ statement per batch, and a batch of nothing else runs as that one statement alon
 with no ``BEGIN`` and ``COMMIT`` around it (a single statement is its own transaction).
 
 A commit is the writer's dearest step: it appends every page the batch dirtied to the
-WAL and fsyncs it, about 0.12 ms of CPU each here, against about 0.013 ms for an
-outcome's ``UPDATE``. Delivery's own writes (outcomes, acknowledgment marks, lease
+WAL and fsyncs it, at many times the CPU of an outcome's ``UPDATE``
+(``benchmarks/LEVERS.md``). Delivery's own writes (outcomes, acknowledgment marks, lease
 renewals, and claims while every connection is busy) therefore wait up to
-:data:`COMMIT_DELAY` for company, which halves the commits; the dispatcher claims far
+:data:`COMMIT_DELAY` for company, so that many share one commit; the dispatcher claims far
 enough ahead not to notice. A write a caller awaits (an insert behind a ``202``, a
 cancel, a claim for an idle connection) ends the wait at once.
 """
@@ -40,8 +40,8 @@ T = TypeVar("T")
 
 MAX_BATCH = 512
 #: Seconds a batch of jobs that can wait (``Job.can_wait``) waits for more to share its
-#: commit. 1 ms halves the commits at a few thousand deliveries a second; 2 ms gains no
-#: more and delays claims (``benchmarks/LEVERS.md``).
+#: commit: long enough to share commits under load, short enough not to delay claims
+#: (the delays tried are in ``benchmarks/LEVERS.md``).
 COMMIT_DELAY = 0.001
 #: The delay is slept in this many slices, the queue drained after each.
 LINGER_SLICES = 4

@@ -5,9 +5,9 @@ failures become notifier's in :mod:`~notifier.dispatch.smtp.translate`.
 
 A transaction (MAIL, RCPT, DATA) goes through aiosmtplib's protocol object rather
 than ``SMTP.mail``, ``rcpt`` and ``data``: those parse every address again with
-``email.utils`` and rescan the message with regular expressions, a third of the
-client's CPU per message, for addresses the API has validated and bytes the
-renderer wrote with CRLF line ends (``benchmarks/LEVERS.md``). It also tells a
+``email.utils`` and rescan the message with regular expressions, a large share of the
+client's CPU per message (``benchmarks/LEVERS.md``), for addresses the API has
+validated and bytes the renderer wrote with CRLF line ends. It also tells a
 failure before the body went out (known: nothing was delivered) from one after it
 (unknown: the relay may hold a copy). To a relay offering PIPELINING (RFC 2920), MAIL,
 RCPT and DATA go out in one write: two round trips a message instead of four, which
