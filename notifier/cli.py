@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from notifier import logs
 from notifier.connections import connection_limit, guarded_protocol, raise_open_files_limit
 from notifier.errors import ConfigError, NotifierError
+from notifier.healthcheck import CONTAINER_MAIN_PID, check, process_address
 from notifier.settings import Settings
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -89,6 +90,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--env-file", type=Path)
     check.set_defaults(run=_check_config)
+
+    health = commands.add_parser(
+        "health",
+        help="exit 0 if a running service's /healthz answers 200, else 1 (a container's "
+        "health check)",
+    )
+    target = health.add_mutually_exclusive_group()
+    target.add_argument("--url", help="the service's base URL (default: found from --pid)")
+    target.add_argument(
+        "--pid",
+        type=int,
+        default=CONTAINER_MAIN_PID,
+        help="the `notifier serve` process whose --port/--host, NOTIFIER_PORT/NOTIFIER_HOST "
+        "or --env-file say where it listens (default: 1, a container's main process)",
+    )
+    health.add_argument("--timeout", type=float, default=4.0, help="seconds (default 4)")
+    health.set_defaults(run=_health)
     return parser
 
 
@@ -185,6 +203,20 @@ def _dev_smtp(args: argparse.Namespace) -> int:
         signal.sigwait(stop_signals)
     finally:
         server.stop()
+    return 0
+
+
+def _health(args: argparse.Namespace) -> int:
+    """1, never 2, on any failure: a container runtime reserves exit status 2."""
+    try:
+        url = args.url or process_address(args.pid).url
+    except (OSError, ValueError) as exc:
+        print(f"notifier: health: cannot tell where process {args.pid} listens: {exc}")
+        return 1
+    problem = check(url, args.timeout)
+    if problem is not None:
+        print(f"notifier: health: {problem}")
+        return 1
     return 0
 
 

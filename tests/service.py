@@ -37,10 +37,16 @@ class ServiceProcess:
     """
 
     def __init__(
-        self, env: dict[str, str], cwd: Path, open_files: tuple[int, int] | None = None
+        self,
+        env: dict[str, str],
+        cwd: Path,
+        open_files: tuple[int, int] | None = None,
+        arguments: tuple[str, ...] = ("--port", "0"),
     ) -> None:
         self.env = {**env, "NOTIFIER_LOG_LEVEL": "info"}
         self.cwd = cwd
+        #: What follows ``serve`` on its command line.
+        self.arguments = arguments
         #: (soft, hard) open-files limit to start the process with; None inherits ours.
         self.open_files = open_files
         self.url = ""
@@ -48,7 +54,7 @@ class ServiceProcess:
         self.log = cwd / f"serve-{uuid.uuid4().hex[:8]}.log"
 
     def start(self) -> ServiceProcess:
-        command = [sys.executable, "-m", "notifier", "serve", "--port", "0"]
+        command = [sys.executable, "-m", "notifier", "serve", *self.arguments]
         if self.open_files is not None:
             command = with_open_files(command, *self.open_files)
         with open(self.log, "ab") as log:
@@ -89,8 +95,9 @@ def spawn(
     env: dict[str, str],
     cwd: Path,
     open_files: tuple[int, int] | None = None,
+    arguments: tuple[str, ...] = ("--port", "0"),
 ) -> ServiceProcess:
-    service = ServiceProcess(env, cwd, open_files)
+    service = ServiceProcess(env, cwd, open_files, arguments)
     processes.append(service)
     return service.start()
 
