@@ -12,13 +12,17 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 
 WORKDIR /src
+# The locked runtime dependencies first (hashes checked): a layer that changes only
+# when the lock file does.
+COPY requirements/runtime.txt ./requirements/
+RUN python -m venv /opt/venv \
+ && /opt/venv/bin/python -m pip install --require-hashes -r requirements/runtime.txt
+
 # pyproject.toml names README.md as the package readme, so the build needs it.
 COPY pyproject.toml README.md ./
 COPY notifier ./notifier
-
 RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
- && python -m venv /opt/venv \
- && /opt/venv/bin/python -m pip install /wheels/notifier-*.whl
+ && /opt/venv/bin/python -m pip install --no-deps /wheels/notifier-*.whl
 
 # --- runtime ---
 FROM python:3.11-slim
@@ -47,9 +51,10 @@ USER 10001:10001
 
 EXPOSE 8000
 
-# Liveness only (no I/O in the handler); slim images have no curl, so use urllib.
+# Liveness (/healthz), on the port the main process was started with: `notifier health`
+# reads its --port, --host and --env-file, or NOTIFIER_PORT, from /proc/1.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('NOTIFIER_PORT', '8000'), timeout=4)"]
+    CMD ["notifier", "health"]
 
 ENTRYPOINT ["notifier"]
 CMD ["serve"]
