@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import MakeSettings, post, running_app, wait_for
 from tests.smtp_server import ScriptedHandler
@@ -22,15 +23,32 @@ async def test_deferred_notification_is_cancelled_and_never_sent(
         notification_id = await post(client)
         await wait_for(client, notification_id, lambda d: d["status"] == "deferred")
 
+        waiting = await queue_depth(client)
         response = await client.delete(f"/v1/notifications/{notification_id}")
         doc = await wait_for(client, notification_id, lambda d: d["status"] == "cancelled")
+        left = await queue_depth(client)
+        # Another notification goes through a claim: a cancelled one left due, due
+        # earlier, would be claimed with it or before it.
+        later = await post(client, subject="Later")
+        await wait_for(client, later)
+        after = (await client.get(f"/v1/notifications/{notification_id}")).json()
 
     assert response.status_code == 200
     assert response.json()["status"] == "cancelled"
     assert doc["next_attempt_at"] is None
-    assert smtp_handler.received == []
-    events = [json.loads(line)["event"] for line in settings.ack_file.read_text().splitlines()]
-    assert events[-1] == "cancelled"
+    assert (waiting, left) == (1, 0)
+    assert (after["status"], len(after["attempts"])) == ("cancelled", 1)
+    assert [m.message["Subject"] for m in smtp_handler.received] == ["Later"]
+    lines = [json.loads(line) for line in settings.ack_file.read_text().splitlines()]
+    assert [line["event"] for line in lines if line["id"] == notification_id][-1] == "cancelled"
+
+
+async def queue_depth(client: httpx.AsyncClient) -> float:
+    """``notifier_queue_depth``: notifications the dispatcher still has to finish."""
+    for family in text_string_to_metric_families((await client.get("/metrics")).text):
+        if family.name == "notifier_queue_depth":
+            return family.samples[0].value
+    raise AssertionError("no notifier_queue_depth in /metrics")
 
 
 async def test_sent_notification_cannot_be_cancelled(client: httpx.AsyncClient) -> None:
