@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import pytest
 
+from notifier.api.idempotency import IdempotencyGuard
 from notifier.retention import Retention
 from notifier.store import SQLiteStore
 from tests.conftest import MakeSettings, notification, running_app, wait_for
@@ -136,3 +138,34 @@ async def test_keys_are_forgotten_after_their_window(make_settings: MakeSettings
 
     assert first.status_code == 202
     assert (kept, purged, remaining) == (0, 1, None)
+
+
+async def test_the_store_decides_between_concurrent_requests_the_guard_did_not_see(
+    make_settings: MakeSettings, smtp_handler: ScriptedHandler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner = running_app(make_settings())
+    async with runner as client:
+        # This process's in-progress set switched off, as if each request came to
+        # another replica: the store's unique key is all that stands between them.
+        guard: IdempotencyGuard = runner.app.state.services.idempotency
+        monkeypatch.setattr(guard, "claim", lambda owner, key: None)
+        responses = await asyncio.gather(
+            *(
+                client.post("/v1/notifications", json=notification(), headers=keyed("race"))
+                for _ in range(20)
+            )
+        )
+        different = await client.post(
+            "/v1/notifications", json=notification(subject="Other"), headers=keyed("race")
+        )
+        ids = {r.json()["id"] for r in responses}
+        await wait_for(client, next(iter(ids)))
+        listed = (await client.get("/v1/notifications")).json()["items"]
+
+    assert {r.status_code for r in responses} == {202}
+    assert len(ids) == 1
+    assert sum("idempotent-replayed" in r.headers for r in responses) == 19
+    assert different.status_code == 422
+    assert different.json()["code"] == "idempotency_key_reused"
+    assert [item["id"] for item in listed] == list(ids)
+    assert len(smtp_handler.received) == 1
