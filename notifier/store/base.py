@@ -9,6 +9,10 @@ from notifier.domain import IdempotencyRecord, Notification, NotificationStatus
 
 
 class Store(Protocol):
+    #: Whether this process is the only one sending from the database: then no lease
+    #: taken before it started belongs to a live sender, and start-up releases them all.
+    exclusive: bool
+
     async def open(self) -> None:
         """Create or migrate the schema and take ownership of the database."""
 

@@ -18,24 +18,26 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, TypeVar
 
 import orjson
 
 from notifier.domain import (
-    Address,
-    Attempt,
     AttemptOutcome,
-    Content,
     IdempotencyRecord,
     Notification,
     NotificationStatus,
-    Recipient,
-    RecipientKind,
-    RecipientStatus,
 )
 from notifier.errors import StoreError, StoreLockedError
-from notifier.records import attempt_record, content_record, recipient_record
+from notifier.store.rows import (
+    INSERT_COLUMNS,
+    INTERRUPTED,
+    attempts_json,
+    dump,
+    from_row,
+    recipients_json,
+    to_row,
+)
 from notifier.store.writer import Row, Writer, connect
 
 T = TypeVar("T")
@@ -89,14 +91,6 @@ CREATE TABLE IF NOT EXISTS heartbeat (
 );
 """
 
-#: Stored values back to members: a dict lookup, where calling the enum costs ten times more.
-_NOTIFICATION_STATUS = {member.value: member for member in NotificationStatus}
-_RECIPIENT_KIND = {member.value: member for member in RecipientKind}
-_RECIPIENT_STATUS = {member.value: member for member in RecipientStatus}
-_ATTEMPT_OUTCOME = {member.value: member for member in AttemptOutcome}
-
-_INTERRUPTED = "the sender stopped before recording an outcome; the message may have been delivered"
-
 #: Leases due work; a row still ``sending`` (its lease expired) gets an
 #: ``interrupted`` attempt first. SET expressions read the row as it was.
 CLAIM = """
@@ -141,20 +135,6 @@ UPDATE notifications SET
 WHERE id = :id AND lease_owner = :lease_owner AND attempt_count = :attempt_count
 """
 
-#: The columns a new notification is inserted with, in the order of a bulk insert's rows.
-INSERT_COLUMNS = (
-    "id",
-    "owner",
-    "status",
-    "content",
-    "recipients",
-    "metadata",
-    "message_id",
-    "created_at",
-    "updated_at",
-    "expires_at",
-    "visible_at",
-)
 _COLUMNS = ", ".join(INSERT_COLUMNS)
 
 INSERT = f"""
@@ -188,6 +168,9 @@ WHERE id = :id
 
 class SQLiteStore:
     """The :class:`~notifier.store.base.Store` on one SQLite file."""
+
+    #: One process serves one file (a lock file makes sure).
+    exclusive = True
 
     def __init__(self, path: Path, *, readers: int = 2, busy_timeout: float = 5.0) -> None:
         self.path = path
@@ -241,7 +224,7 @@ class SQLiteStore:
     async def add(
         self, notification: Notification, idempotency: IdempotencyRecord | None = None
     ) -> IdempotencyRecord | None:
-        row = _to_row(notification)
+        row = to_row(notification)
 
         def insert(c: sqlite3.Connection) -> IdempotencyRecord | None:
             taken = (
@@ -323,7 +306,7 @@ class SQLiteStore:
             return row
 
         row = await self._read(query)
-        return None if row is None else _from_row(row)
+        return None if row is None else from_row(row)
 
     async def page(
         self,
@@ -346,7 +329,7 @@ class SQLiteStore:
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         sql = f"SELECT * FROM notifications {where} ORDER BY id DESC LIMIT ?"  # noqa: S608
         rows = await self._read(lambda c: c.execute(sql, (*params, limit)).fetchall())
-        return [_from_row(r) for r in rows]
+        return [from_row(r) for r in rows]
 
     async def claim(
         self, *, owner: str, now: float, lease_until: float, limit: int, can_wait: bool = False
@@ -356,11 +339,11 @@ class SQLiteStore:
             "now": now,
             "lease_until": lease_until,
             "limit": limit,
-            "interrupted": _INTERRUPTED,
+            "interrupted": INTERRUPTED,
             "interrupted_outcome": AttemptOutcome.INTERRUPTED.value,
         }
         rows = await self._write(lambda c: c.execute(CLAIM, params).fetchall(), can_wait=can_wait)
-        claimed = [_from_row(r) for r in rows]
+        claimed = [from_row(r) for r in rows]
         # RETURNING yields rows in no particular order; hand them out oldest due first.
         claimed.sort(key=lambda n: n.next_attempt_at or n.created_at)
         return claimed
@@ -371,8 +354,8 @@ class SQLiteStore:
         params = {
             "id": n.id,
             "status": n.status.value,
-            "recipients": _recipients_json(n.recipients),
-            "attempts": _attempts_json(n.attempts),
+            "recipients": recipients_json(n.recipients),
+            "attempts": attempts_json(n.attempts),
             "visible_at": None if terminal else n.next_attempt_at,
             "next_attempt_at": n.next_attempt_at,
             "last_error": n.last_error,
@@ -389,11 +372,11 @@ class SQLiteStore:
             "UPDATE notifications SET visible_at = ? WHERE lease_owner = ? "
             "AND status = 'sending' AND id IN (SELECT value FROM json_each(?))"
         )
-        await self._write(lambda c: c.execute(sql, (until, owner, _dump(list(ids)))), can_wait=True)
+        await self._write(lambda c: c.execute(sql, (until, owner, dump(list(ids)))), can_wait=True)
 
     async def unclaim(self, *, owner: str, ids: Sequence[str]) -> int:
         changed: int = await self._write(
-            lambda c: c.execute(UNCLAIM, {"owner": owner, "ids": _dump(list(ids))}).rowcount
+            lambda c: c.execute(UNCLAIM, {"owner": owner, "ids": dump(list(ids))}).rowcount
         )
         return changed
 
@@ -432,7 +415,7 @@ class SQLiteStore:
             "ORDER BY id LIMIT ?"
         )
         rows = await self._read(lambda c: c.execute(sql, (before, before, limit)).fetchall())
-        return [_from_row(r) for r in rows]
+        return [from_row(r) for r in rows]
 
     async def _write(
         self,
@@ -480,7 +463,7 @@ def _rewrite(
     row = c.execute("SELECT * FROM notifications WHERE id = ?", (notification_id,)).fetchone()
     if row is None:
         return False, None
-    n = _from_row(row)
+    n = from_row(row)
     if not change(n):
         return False, n
     terminal = n.status.terminal
@@ -489,7 +472,7 @@ def _rewrite(
         {
             "id": n.id,
             "status": n.status.value,
-            "recipients": _recipients_json(n.recipients),
+            "recipients": recipients_json(n.recipients),
             "visible_at": None if terminal else n.updated_at,
             "expires_at": n.expires_at,
             "last_error": n.last_error,
@@ -531,82 +514,3 @@ def _take_lock(path: Path) -> IO[str]:
     handle.write(str(os.getpid()))
     handle.flush()
     return handle
-
-
-def _dump(value: object) -> str:
-    return orjson.dumps(value).decode()
-
-
-def _address(value: dict[str, Any]) -> Address:
-    return Address(value["address"], value.get("name"))
-
-
-def _recipients_json(recipients: list[Recipient]) -> str:
-    return _dump([recipient_record(r) for r in recipients])
-
-
-def _attempts_json(attempts: list[Attempt]) -> str:
-    return _dump([attempt_record(a) for a in attempts])
-
-
-def _to_row(n: Notification) -> dict[str, Any]:
-    content = n.content
-    return {
-        "id": n.id,
-        "owner": n.owner,
-        "status": n.status.value,
-        "content": _dump(content_record(content)),
-        "recipients": _recipients_json(n.recipients),
-        "metadata": _dump(n.metadata),
-        "message_id": n.message_id,
-        "created_at": n.created_at,
-        "updated_at": n.updated_at,
-        "expires_at": n.expires_at,
-        "visible_at": n.created_at,
-    }
-
-
-def _attempt(value: dict[str, Any]) -> Attempt:
-    return Attempt(**{**value, "outcome": _ATTEMPT_OUTCOME[value["outcome"]]})
-
-
-def _from_row(row: sqlite3.Row) -> Notification:
-    content = orjson.loads(row["content"])
-    return Notification(
-        id=row["id"],
-        owner=row["owner"],
-        status=_NOTIFICATION_STATUS[row["status"]],
-        content=Content(
-            sender=_address(content["sender"]),
-            to=tuple(_address(a) for a in content["to"]),
-            cc=tuple(_address(a) for a in content["cc"]),
-            reply_to=tuple(_address(a) for a in content["reply_to"]),
-            subject=content["subject"],
-            text=content["text"],
-            html=content["html"],
-            headers=content["headers"],
-        ),
-        recipients=[
-            Recipient(
-                address=r["address"],
-                kind=_RECIPIENT_KIND[r["kind"]],
-                status=_RECIPIENT_STATUS[r["status"]],
-                smtp_code=r["smtp_code"],
-                smtp_message=r["smtp_message"],
-            )
-            for r in orjson.loads(row["recipients"])
-        ],
-        attempts=[_attempt(a) for a in orjson.loads(row["attempts"])],
-        metadata=orjson.loads(row["metadata"]),
-        message_id=row["message_id"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        expires_at=row["expires_at"],
-        next_attempt_at=row["next_attempt_at"],
-        attempt_count=row["attempt_count"],
-        last_error=row["last_error"],
-        acknowledged=bool(row["ack_accepted"]),
-        lease_owner=row["lease_owner"],
-        lease_started_at=row["lease_started_at"],
-        budget_from=row["budget_from"],
-    )
