@@ -15,7 +15,9 @@ from notifier.settings import Settings
 
 PREFIX = "NOTIFIER_"
 #: Read by the command-line client (`send`, `status`) or the test suite, not the service.
-OTHER_VARIABLES = frozenset({"NOTIFIER_URL", "NOTIFIER_API_KEY", "NOTIFIER_TEST_POSTGRES_URL"})
+OTHER_VARIABLES = frozenset(
+    {"NOTIFIER_URL", "NOTIFIER_API_KEY", "NOTIFIER_TEST_POSTGRES_URL", "NOTIFIER_REQUIRE_POSTGRES"}
+)
 
 
 def preflight(settings: Settings) -> KeyRing:

@@ -13,6 +13,7 @@ import httpx
 import pytest
 from aiosmtpd.controller import Controller
 
+import tests.postgres as pg
 from notifier.app import create_app
 from notifier.settings import Settings
 from notifier.store import Store
@@ -204,3 +205,41 @@ def tls_relay(authority: Authority) -> Iterator[TLSRelay]:
         yield relay
     finally:
         controller.stop()
+
+
+# PostgreSQL: one server for the whole session (the throwaway one of tests/postgres.py, or
+# NOTIFIER_TEST_POSTGRES_URL's), and a fresh database for each test that asks for one.
+# Without PostgreSQL the tests that need it skip, saying why; NOTIFIER_REQUIRE_POSTGRES=1
+# (as CI sets) makes that a failure.
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[pg.PostgresServer | pg.ExistingServer]:
+    """The session's server; a failure to get one is remembered, not tried again per test."""
+    existing = os.environ.get("NOTIFIER_TEST_POSTGRES_URL")
+    if existing:
+        server = pg.ExistingServer(existing)
+        server.check()
+        yield server
+        return
+    try:
+        throwaway = pg.PostgresServer()
+    except pg.PostgresUnavailable as exc:
+        reason = f"PostgreSQL not available: {exc}"
+        if os.environ.get("NOTIFIER_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"{reason} (and NOTIFIER_REQUIRE_POSTGRES=1)", pytrace=False)
+        pytest.skip(reason)
+    # stop() also runs at exit should this teardown never be reached.
+    try:
+        throwaway.start()
+        yield throwaway
+    finally:
+        throwaway.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: pg.PostgresServer | pg.ExistingServer) -> Iterator[str]:
+    """``postgresql://user@127.0.0.1:port/dbname`` of an empty database of this test's
+    own, dropped after it (connections still open to it are ended)."""
+    with pg.fresh_database(postgres_server) as url:
+        yield url
