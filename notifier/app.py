@@ -32,7 +32,7 @@ from notifier.metrics import Metrics
 from notifier.preflight import preflight
 from notifier.retention import Retention
 from notifier.settings import Settings
-from notifier.store import SQLiteStore, Store
+from notifier.store import Store, store_for
 
 #: Writes of what already happened (acknowledgment lines, attempt outcomes) back off like
 #: deliveries when they fail, but never wait longer than this.
@@ -123,11 +123,12 @@ async def _start(
         capture.start()
         stack.callback(capture.stop)
     if store is None:
-        store = SQLiteStore(settings.sqlite_path, busy_timeout=settings.store_busy_timeout)
+        store = store_for(settings)
     await store.open()
     stack.push_async_callback(store.close)
-    # One process owns the database file, so nothing else can still be sending.
-    await store.release_leases(now=time.time())
+    if store.exclusive:
+        # No other process can still be sending: whatever was leased was ours, and died.
+        await store.release_leases(now=time.time())
     metrics = Metrics()
     retention = Retention(store, keep=settings.retention, clock=time.time)
     await retention.start()

@@ -91,6 +91,12 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--env-file", type=Path)
     check.set_defaults(run=_check_config)
 
+    migrate = commands.add_parser(
+        "migrate", help="create or upgrade the database schema, then exit (serve does it too)"
+    )
+    migrate.add_argument("--env-file", type=Path)
+    migrate.set_defaults(run=_migrate)
+
     health = commands.add_parser(
         "health",
         help="exit 0 if a running service's /healthz answers 200, else 1 (a container's "
@@ -203,6 +209,23 @@ def _dev_smtp(args: argparse.Namespace) -> int:
         signal.sigwait(stop_signals)
     finally:
         server.stop()
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    """Open the store, which brings its schema up to date, and close it again."""
+    from notifier.settings import redacted_url
+    from notifier.store import store_for
+
+    settings = _settings(args)
+
+    async def migrate() -> None:
+        store = store_for(settings)
+        await store.open()
+        await store.close()
+
+    asyncio.run(migrate())
+    print(f"schema up to date: {redacted_url(settings.database_url)}", file=sys.stderr)
     return 0
 
 

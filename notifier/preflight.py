@@ -29,7 +29,8 @@ def preflight(settings: Settings) -> KeyRing:
         raise ConfigError(f"NOTIFIER_MAIL_FROM: {exc}") from None
     settings.smtp_secret()
     keys = KeyRing.from_settings(settings)
-    writable(settings.sqlite_path, "NOTIFIER_DATABASE_URL")
+    if settings.database_kind == "sqlite":
+        writable(settings.sqlite_path, "NOTIFIER_DATABASE_URL")
     writable(settings.ack_file, "NOTIFIER_ACK_FILE")
     if settings.dev:
         writable(settings.dev_mail_dir / "x.eml", "NOTIFIER_DEV_MAIL_DIR")

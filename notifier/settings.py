@@ -5,6 +5,7 @@ Built once by the entry point and passed down; there is no module-level instance
 
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
 from typing import Annotated, Literal
@@ -13,6 +14,14 @@ from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_valid
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from notifier.errors import ConfigError
+
+SQLITE_PREFIX = "sqlite:///"
+
+
+def redacted_url(url: str) -> str:
+    """``url`` with any password masked: for display, logs and error messages."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1********@", url)
+
 
 CommaList = Annotated[list[str], NoDecode]
 
@@ -65,7 +74,10 @@ class Settings(BaseSettings):
     allowed_senders: CommaList = Field(default_factory=list)
 
     # Storage and acknowledgments
+    #: ``sqlite:///path`` (one process) or ``postgresql://user:pass@host/db`` (replicas).
     database_url: str = "sqlite:///./data/notifier.db"
+    #: Connections each replica keeps to PostgreSQL at most.
+    database_pool_size: int = Field(default=10, ge=2, le=1000)
     ack_file: Path = Path("./data/acknowledgments.jsonl")
 
     # Delivery
@@ -137,15 +149,23 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def database_kind(self) -> Literal["sqlite", "postgresql"]:
+        """Which store ``database_url`` names."""
+        if self.database_url.startswith(SQLITE_PREFIX):
+            return "sqlite"
+        if re.match(r"postgres(ql)?://", self.database_url):
+            return "postgresql"
+        raise ConfigError(
+            f"NOTIFIER_DATABASE_URL must start with {SQLITE_PREFIX!r} (SQLite) or "
+            "'postgresql://' or 'postgres://' (PostgreSQL)"
+        )
+
+    @property
     def sqlite_path(self) -> Path:
         """The database file named by ``database_url``."""
-        prefix = "sqlite:///"
-        if not self.database_url.startswith(prefix):
-            raise ConfigError(
-                f"NOTIFIER_DATABASE_URL must start with {prefix!r} "
-                "(only SQLite is supported in this version)"
-            )
-        return Path(self.database_url.removeprefix(prefix))
+        if self.database_kind != "sqlite":
+            raise ConfigError("NOTIFIER_DATABASE_URL names PostgreSQL, not a SQLite file")
+        return Path(self.database_url.removeprefix(SQLITE_PREFIX))
 
     @property
     def sender(self) -> str:
@@ -193,7 +213,7 @@ class Settings(BaseSettings):
                 "or run `notifier serve --dev` to use the embedded capture server"
             )
         _ = self.sender
-        _ = self.sqlite_path
+        _ = self.database_kind
         if not self.has_keys and not self.auth_disabled and not self.dev:
             raise ConfigError(
                 "no API keys: set NOTIFIER_API_KEYS=key1,key2 or NOTIFIER_API_KEYS_FILE "
@@ -222,6 +242,8 @@ class Settings(BaseSettings):
                 value = "********"
             elif isinstance(value, list) and value and isinstance(value[0], SecretStr):
                 value = [f"******** ({len(value)} keys)"]
+            elif name == "database_url":
+                value = redacted_url(str(value))
             shown[f"NOTIFIER_{name.upper()}"] = value
         return shown
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import sqlite3
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -269,3 +270,22 @@ def test_relay_checks_leave_no_socket_open(
 
     assert codes == [0] * 5 + [2] * 10
     assert [str(w.message) for w in caught if w.category is ResourceWarning] == []
+
+
+def test_migrate_brings_the_schema_up_to_date_and_refuses_a_newer_one(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    database = tmp_path / "notifier.db"
+    production(monkeypatch, NOTIFIER_DATABASE_URL=f"sqlite:///{database}")
+
+    created = main(["migrate"])
+    with sqlite3.connect(database) as connection:
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
+        connection.execute("PRAGMA user_version = 99")
+    capsys.readouterr()
+    refused = main(["migrate"])
+
+    assert created == 0
+    assert {"notifications", "idempotency_keys"} <= tables
+    assert refused == 2
+    assert "newer than this notifier" in capsys.readouterr().err

@@ -1,18 +1,27 @@
-"""The SQLite store on a real file: durability, claims, leases, fencing, paging."""
+"""The store contract: every backend, on a real database, passes the same tests.
+
+Claims, leases and due times run on the store's clock (the caller's for SQLite, the
+database's for PostgreSQL), so these tests use real time: a lease that must run out is
+short, and the test polls until it has.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from notifier.domain import (
     Address,
+    Attempt,
     AttemptOutcome,
     Content,
+    IdempotencyRecord,
     Notification,
     NotificationStatus,
     Recipient,
@@ -21,13 +30,25 @@ from notifier.domain import (
     new_id,
 )
 from notifier.errors import StoreError, StoreLockedError
-from notifier.store import SQLiteStore
+from notifier.retention import Retention
+from notifier.store import SQLiteStore, Store
+from notifier.store.postgres import PostgresStore
+from tests.conftest import DEADLINE_SECONDS
 
+#: A fixed moment for the times a store only records (``created_at``, ``updated_at``).
 NOW = 1_800_000_000.0
+#: A lease no test waits out.
 LEASE = 60.0
+#: A lease or delay a test does wait out.
+SHORT = 0.3
+
+T = TypeVar("T")
 
 
-def make_notification(created_at: float = NOW, **changes: object) -> Notification:
+def make_notification(created_at: float | None = None, **changes: object) -> Notification:
+    """A new notification, created now unless told otherwise (SQLite makes it due then)."""
+    if created_at is None:
+        created_at = time.time()
     notification = Notification(
         id=new_id(),
         status=NotificationStatus.QUEUED,
@@ -54,9 +75,21 @@ def make_notification(created_at: float = NOW, **changes: object) -> Notificatio
     return replace(notification, **changes)  # type: ignore[arg-type]
 
 
+#: An unopened store on a fresh database of the test's, by backend.
+Opener = Callable[[], Store]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
+    if request.param == "sqlite":
+        return lambda: SQLiteStore(tmp_path / "notifier.db")
+    url: str = request.getfixturevalue("postgres_url")
+    return lambda: PostgresStore(url)
+
+
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
-    opened = SQLiteStore(tmp_path / "notifier.db")
+async def store(opener: Opener) -> AsyncIterator[Store]:
+    opened = opener()
     await opened.open()
     try:
         yield opened
@@ -64,15 +97,40 @@ async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
         await opened.close()
 
 
-async def test_added_notification_reads_back_whole_after_reopening(tmp_path: Path) -> None:
-    path = tmp_path / "notifier.db"
+async def claim(
+    store: Store, owner: str = "a", limit: int = 10, lease: float = LEASE
+) -> list[Notification]:
+    now = time.time()
+    return await store.claim(owner=owner, now=now, lease_until=now + lease, limit=limit)
+
+
+async def eventually(step: Callable[[], Awaitable[list[T]]]) -> list[T]:
+    """``step()`` again until it finds something, within the suite's deadline."""
+    give_up = time.monotonic() + DEADLINE_SECONDS
+    while not (found := await step()):
+        assert time.monotonic() < give_up, "nothing came due"
+        await asyncio.sleep(0.02)
+    return found
+
+
+async def finish(
+    store: Store, n: Notification, status: NotificationStatus, delay: float | None = None
+) -> None:
+    """Record an attempt's outcome, due again after ``delay`` seconds if not final."""
+    n.status = status
+    n.updated_at = time.time()
+    n.next_attempt_at = None if delay is None else n.updated_at + delay
+    assert await store.finish_attempt(n, lease_owner=n.lease_owner or "a")
+
+
+async def test_added_notification_reads_back_whole_after_reopening(opener: Opener) -> None:
     original = make_notification()
-    first = SQLiteStore(path)
+    first = opener()
     await first.open()
     await first.add(original)
     await first.close()
 
-    second = SQLiteStore(path)
+    second = opener()
     await second.open()
     try:
         loaded = await second.get(original.id)
@@ -82,56 +140,65 @@ async def test_added_notification_reads_back_whole_after_reopening(tmp_path: Pat
     assert loaded == original
 
 
-async def test_unknown_id_reads_as_none(store: SQLiteStore) -> None:
+async def test_unknown_id_reads_as_none(store: Store) -> None:
     assert await store.get(new_id()) is None
 
 
-async def test_a_second_process_cannot_open_the_same_database(
-    store: SQLiteStore, tmp_path: Path
-) -> None:
-    intruder = SQLiteStore(tmp_path / "notifier.db")
+async def test_a_second_process_cannot_open_the_same_sqlite_database(tmp_path: Path) -> None:
+    first = SQLiteStore(tmp_path / "notifier.db")
+    await first.open()
+    try:
+        intruder = SQLiteStore(tmp_path / "notifier.db")
+        with pytest.raises(StoreLockedError, match="already served by another notifier process"):
+            await intruder.open()
+    finally:
+        await first.close()
 
-    with pytest.raises(StoreLockedError, match="already served by another notifier process"):
-        await intruder.open()
 
-
-async def test_concurrent_adds_are_all_committed(store: SQLiteStore) -> None:
+async def test_concurrent_adds_are_all_committed(store: Store) -> None:
     notifications = [make_notification() for _ in range(200)]
 
     await asyncio.gather(*(store.add(n) for n in notifications))
 
     page = await store.page(status=None, limit=500, before_id=None)
     assert {n.id for n in page} == {n.id for n in notifications}
+    assert await store.count_pending() == 200
 
 
-async def test_claim_leases_due_work_oldest_first_and_only_once(store: SQLiteStore) -> None:
-    older = make_notification(created_at=NOW - 10)
-    newer = make_notification(created_at=NOW - 5)
-    future = make_notification(created_at=NOW + 100)
-    for n in (newer, older, future):
-        await store.add(n)
+async def test_claim_leases_due_work_in_the_order_it_came_due_and_only_once(store: Store) -> None:
+    first_added, second_added = make_notification(), make_notification()
+    await store.add(first_added)
+    await store.add(second_added)
 
-    first = await store.claim(owner="a", now=NOW, lease_until=NOW + LEASE, limit=10)
-    second = await store.claim(owner="b", now=NOW, lease_until=NOW + LEASE, limit=10)
+    first = await claim(store, "a")
+    second = await claim(store, "b")
 
-    assert [n.id for n in first] == [older.id, newer.id]
+    assert [n.id for n in first] == [first_added.id, second_added.id]
     assert all(n.status is NotificationStatus.SENDING for n in first)
     assert all(n.attempt_count == 1 and n.lease_owner == "a" for n in first)
     assert second == []
 
 
-async def test_claim_respects_the_limit(store: SQLiteStore) -> None:
+async def test_concurrent_claims_never_take_the_same_notification(store: Store) -> None:
+    await asyncio.gather(*(store.add(make_notification()) for _ in range(60)))
+
+    claims = await asyncio.gather(*(claim(store, f"owner-{i}", limit=7) for i in range(12)))
+
+    ids = [n.id for claimed in claims for n in claimed]
+    assert len(ids) == len(set(ids)) == 60
+    assert all(len(claimed) <= 7 for claimed in claims)
+
+
+async def test_claim_respects_the_limit(store: Store) -> None:
     for _ in range(5):
         await store.add(make_notification())
 
-    claimed = await store.claim(owner="a", now=NOW, lease_until=NOW + LEASE, limit=2)
-
-    assert len(claimed) == 2
+    assert len(await claim(store, limit=2)) == 2
 
 
-async def test_finish_is_fenced_on_the_lease_owner_and_attempt(store: SQLiteStore) -> None:
+async def test_finish_is_fenced_on_the_lease_owner_and_attempt(store: Store) -> None:
     await store.add(make_notification())
-    (claimed,) = await store.claim(owner="a", now=NOW, lease_until=NOW + LEASE, limit=1)
+    (claimed,) = await claim(store, "a")
     claimed.status = NotificationStatus.SENT
     for r in claimed.recipients:
         r.status = RecipientStatus.SENT
@@ -145,47 +212,71 @@ async def test_finish_is_fenced_on_the_lease_owner_and_attempt(store: SQLiteStor
     assert stored is not None
     assert stored.status is NotificationStatus.SENT
     assert stored.lease_owner is None
+    assert await store.count_pending() == 0
 
 
-async def test_expired_lease_is_reclaimed_with_an_interrupted_attempt(store: SQLiteStore) -> None:
+async def test_expired_lease_is_reclaimed_with_an_interrupted_attempt(store: Store) -> None:
     await store.add(make_notification())
-    (first,) = await store.claim(owner="a", now=NOW, lease_until=NOW + LEASE, limit=1)
+    (first,) = await claim(store, "a", lease=SHORT)
 
-    later = NOW + LEASE + 1
-    (again,) = await store.claim(owner="b", now=later, lease_until=later + LEASE, limit=1)
+    (again,) = await eventually(lambda: claim(store, "b"))
 
     assert again.id == first.id
     assert again.attempt_count == 2
     assert again.lease_owner == "b"
     (interrupted,) = again.attempts
-    assert interrupted.outcome == "interrupted"
+    assert interrupted.outcome is AttemptOutcome.INTERRUPTED
+    assert interrupted.possible_duplicate
     assert interrupted.number == 1
-    assert interrupted.started_at == NOW
+    assert interrupted.started_at == pytest.approx(first.lease_started_at, abs=1e-3)
     assert await store.finish_attempt(first, lease_owner="a") is False
 
 
-async def test_released_leases_are_due_at_once(store: SQLiteStore) -> None:
+async def test_extended_leases_do_not_run_out(store: Store) -> None:
     await store.add(make_notification())
-    await store.claim(owner="a", now=NOW, lease_until=NOW + LEASE, limit=1)
+    (first,) = await claim(store, "a", lease=SHORT)
 
-    released = await store.release_leases(now=NOW + 1)
-    reclaimed = await store.claim(owner="b", now=NOW + 1, lease_until=NOW + LEASE, limit=1)
+    await store.extend_leases(owner="a", ids=[first.id], until=time.time() + LEASE)
+    await asyncio.sleep(2 * SHORT)  # the first lease's end, passed
+
+    assert await claim(store, "b") == []
+
+
+async def test_released_leases_are_due_at_once(store: Store) -> None:
+    await store.add(make_notification())
+    await claim(store, "a")
+
+    released = await store.release_leases(now=time.time())
+    reclaimed = await claim(store, "b")
 
     assert released == 1
     assert len(reclaimed) == 1
-    assert reclaimed[0].attempts[0].outcome == "interrupted"
+    assert reclaimed[0].attempts[0].outcome is AttemptOutcome.INTERRUPTED
+
+
+async def test_only_the_named_owners_leases_are_released(store: Store) -> None:
+    await store.add(make_notification())
+    await store.add(make_notification())
+    await claim(store, "a", limit=1)
+    await claim(store, "b", limit=1)
+
+    released = await store.release_leases(now=time.time(), owner="a")
+    reclaimed = await claim(store, "c")
+
+    assert released == 1
+    assert len(reclaimed) == 1
 
 
 async def test_a_claim_given_back_is_claimed_again_without_an_interrupted_attempt(
-    store: SQLiteStore,
+    store: Store,
 ) -> None:
     n = make_notification()
     await store.add(n)
-    await store.claim(owner="a", now=NOW, lease_until=NOW + LEASE, limit=1)
+    await claim(store, "a")
 
     given_back = await store.unclaim(owner="a", ids=[n.id])
     not_ours = await store.unclaim(owner="b", ids=[n.id])
-    (again,) = await store.claim(owner="b", now=NOW + 1, lease_until=NOW + LEASE, limit=1)
+    (again,) = await claim(store, "b")
 
     assert given_back == 1
     assert not_ours == 0
@@ -194,17 +285,16 @@ async def test_a_claim_given_back_is_claimed_again_without_an_interrupted_attemp
     assert again.attempts == []
 
 
-async def test_a_claim_given_back_keeps_its_status(store: SQLiteStore) -> None:
-    queued, deferred = make_notification(), make_notification(created_at=NOW - 100)
-    await store.add(queued)
+async def test_a_claim_given_back_keeps_its_status(store: Store) -> None:
+    deferred, queued = make_notification(), make_notification()
     await store.add(deferred)
-    (first,) = await store.claim(owner="a", now=NOW, lease_until=NOW + LEASE, limit=1)
-    first.status, first.next_attempt_at = NotificationStatus.DEFERRED, NOW + 30
-    await store.finish_attempt(first, lease_owner="a")
-    later = NOW + 30
-    claimed = await store.claim(owner="a", now=later, lease_until=later + LEASE, limit=2)
+    (first,) = await claim(store, "a")
+    await finish(store, first, NotificationStatus.DEFERRED, delay=SHORT)
+    await store.add(queued)
+    await eventually(lambda: claim(store, "a", limit=1))  # the queued one, due first
+    claimed = await eventually(lambda: claim(store, "a", limit=1))  # the deferred one
 
-    await store.unclaim(owner="a", ids=[n.id for n in claimed])
+    await store.unclaim(owner="a", ids=[queued.id, claimed[0].id])
 
     back_queued, back_deferred = await store.get(queued.id), await store.get(deferred.id)
     assert back_queued is not None
@@ -217,44 +307,140 @@ async def test_a_claim_given_back_keeps_its_status(store: SQLiteStore) -> None:
     assert back_deferred.lease_owner is None
 
 
-async def test_deferred_notification_is_due_at_its_next_attempt(store: SQLiteStore) -> None:
+async def test_deferred_notification_is_due_after_its_delay_and_not_before(store: Store) -> None:
     await store.add(make_notification())
-    (claimed,) = await store.claim(owner="a", now=NOW, lease_until=NOW + LEASE, limit=1)
-    claimed.status = NotificationStatus.DEFERRED
-    claimed.next_attempt_at = NOW + 30
-    await store.finish_attempt(claimed, lease_owner="a")
+    (claimed,) = await claim(store, "a")
+    await finish(store, claimed, NotificationStatus.DEFERRED, delay=3.0)
 
-    early = await store.claim(owner="a", now=NOW + 29, lease_until=NOW + 99, limit=1)
-    due = await store.claim(owner="a", now=NOW + 30, lease_until=NOW + 99, limit=1)
+    early = await claim(store, "a")
+    oldest_due = await store.oldest_due()
 
     assert early == []
-    assert [n.id for n in due] == [claimed.id]
+    assert oldest_due is not None
+    assert await store.count_pending() == 1
 
 
-async def test_terminal_notification_is_never_claimed_again(store: SQLiteStore) -> None:
+async def test_deferred_notification_is_claimed_once_due(store: Store) -> None:
     await store.add(make_notification())
-    (claimed,) = await store.claim(owner="a", now=NOW, lease_until=NOW + LEASE, limit=1)
-    claimed.status = NotificationStatus.FAILED
-    await store.finish_attempt(claimed, lease_owner="a")
+    (claimed,) = await claim(store, "a")
+    await finish(store, claimed, NotificationStatus.DEFERRED, delay=SHORT)
 
-    later = NOW + 10 * LEASE
-    assert await store.claim(owner="a", now=later, lease_until=later + LEASE, limit=1) == []
+    due = await eventually(lambda: claim(store, "a"))
+
+    assert [n.id for n in due] == [claimed.id]
+    assert due[0].attempt_count == 2
 
 
-async def test_page_is_newest_first_with_status_filter_and_cursor(store: SQLiteStore) -> None:
+async def test_terminal_notification_is_never_claimed_again(store: Store) -> None:
+    await store.add(make_notification())
+    (claimed,) = await claim(store, "a", lease=SHORT)
+    await finish(store, claimed, NotificationStatus.FAILED)
+    await asyncio.sleep(2 * SHORT)  # its lease's end, passed
+
+    assert await claim(store, "a") == []
+    assert await store.oldest_due() is None
+
+
+async def test_cancel_takes_a_waiting_notification_out_of_the_queue(store: Store) -> None:
+    waiting, sending = make_notification(), make_notification()
+    await store.add(waiting)
+    cancelled, as_cancelled = await store.cancel(waiting.id, now=NOW + 1)
+    await store.add(sending)
+    await claim(store, "a")
+
+    refused, as_sending = await store.cancel(sending.id, now=NOW + 2)
+    unknown = await store.cancel(new_id(), now=NOW + 3)
+
+    assert cancelled
+    assert as_cancelled is not None
+    assert as_cancelled.status is NotificationStatus.CANCELLED
+    assert not refused
+    assert as_sending is not None
+    assert as_sending.status is NotificationStatus.SENDING
+    assert unknown == (False, None)
+    assert await store.count_pending() == 1  # the one being sent
+    stored = await store.get(waiting.id)
+    assert stored is not None
+    assert stored.status is NotificationStatus.CANCELLED
+
+
+async def test_requeue_makes_a_failed_notification_due_again(store: Store) -> None:
+    await store.add(make_notification())
+    (claimed,) = await claim(store, "a")
+    await finish(store, claimed, NotificationStatus.FAILED)
+    not_yet = await store.requeue(new_id(), now=NOW, expires_at=NOW + 3600)
+
+    requeued, n = await store.requeue(claimed.id, now=time.time(), expires_at=NOW + 7200)
+    again = await claim(store, "b")
+    refused, _ = await store.requeue(claimed.id, now=time.time(), expires_at=NOW + 7200)
+
+    assert not_yet == (False, None)
+    assert requeued
+    assert n is not None
+    assert n.status is NotificationStatus.QUEUED
+    assert [m.id for m in again] == [claimed.id]
+    assert again[0].expires_at == NOW + 7200
+    assert not refused  # it is being sent again
+
+
+async def test_page_is_newest_first_with_filters_and_cursor(store: Store) -> None:
     added = [make_notification() for _ in range(4)]
-    for n in added:
+    stranger = make_notification(owner="owner-2")
+    for n in [*added, stranger]:
         await store.add(n)
 
-    first = await store.page(status=None, limit=2, before_id=None)
-    rest = await store.page(status=None, limit=10, before_id=first[-1].id)
+    first = await store.page(status=None, limit=2, before_id=None, owner="owner-1")
+    rest = await store.page(status=None, limit=10, before_id=first[-1].id, owner="owner-1")
     sending = await store.page(status=NotificationStatus.SENDING, limit=10, before_id=None)
+    everyone = await store.page(status=NotificationStatus.QUEUED, limit=10, before_id=None)
 
     assert [n.id for n in first + rest] == [n.id for n in reversed(added)]
     assert sending == []
+    assert len(everyone) == 5
 
 
-async def test_acknowledgments_are_tracked_until_marked(store: SQLiteStore) -> None:
+async def test_an_idempotency_key_is_taken_once(store: Store) -> None:
+    first, second = make_notification(), make_notification()
+    record = IdempotencyRecord("owner-1", "key-1", "hash", first.id, '{"id": 1}', NOW + 60)
+
+    taken_by_first = await store.add(first, record)
+    taken_by_second = await store.add(second, replace(record, notification_id=second.id))
+
+    assert taken_by_first is None
+    assert taken_by_second == record
+    assert await store.get(second.id) is None
+    assert await store.find_idempotency("owner-1", "key-1") == record
+    assert await store.find_idempotency("owner-2", "key-1") is None
+
+
+async def test_concurrent_adds_with_one_key_store_one_notification(store: Store) -> None:
+    candidates = [make_notification() for _ in range(10)]
+    record = IdempotencyRecord("owner-1", "race", "hash", "", "{}", NOW + 60)
+
+    results = await asyncio.gather(
+        *(store.add(n, replace(record, notification_id=n.id)) for n in candidates)
+    )
+
+    stored = [n for n in candidates if await store.get(n.id) is not None]
+    assert len(stored) == 1
+    assert results.count(None) == 1
+    assert {r.notification_id for r in results if r is not None} == {stored[0].id}
+
+
+async def test_expired_idempotency_keys_are_purged(store: Store) -> None:
+    old = IdempotencyRecord("o", "old", "h", new_id(), "{}", NOW - 1)
+    fresh = IdempotencyRecord("o", "fresh", "h", new_id(), "{}", NOW + 60)
+    await store.add(make_notification(id=old.notification_id), old)
+    await store.add(make_notification(id=fresh.notification_id), fresh)
+
+    purged = await store.purge_idempotency(now=NOW, limit=10)
+
+    assert purged == 1
+    assert await store.find_idempotency("o", "old") is None
+    assert await store.find_idempotency("o", "fresh") == fresh
+
+
+async def test_acknowledgments_are_tracked_until_marked(store: Store) -> None:
     n = make_notification()
     await store.add(n)
     assert [m.id for m in await store.unacknowledged(limit=10, before=NOW + 1)] == [n.id]
@@ -262,8 +448,8 @@ async def test_acknowledgments_are_tracked_until_marked(store: SQLiteStore) -> N
     await store.mark_acknowledged(accepted=[n.id], final=[])
     assert await store.unacknowledged(limit=10, before=NOW + 1) == []
 
-    (claimed,) = await store.claim(owner="a", now=NOW, lease_until=NOW + LEASE, limit=1)
-    claimed.status = NotificationStatus.SENT
+    (claimed,) = await claim(store, "a")
+    claimed.status, claimed.updated_at = NotificationStatus.SENT, NOW
     await store.finish_attempt(claimed, lease_owner="a")
     assert [m.id for m in await store.unacknowledged(limit=10, before=NOW + 1)] == [n.id]
 
@@ -274,15 +460,13 @@ async def test_acknowledgments_are_tracked_until_marked(store: SQLiteStore) -> N
     assert stored.acknowledged
 
 
-async def test_lines_due_since_a_moment_are_not_unacknowledged_before_it(
-    store: SQLiteStore,
-) -> None:
-    created_later = make_notification(created_at=NOW + 10)
+async def test_lines_due_since_a_moment_are_not_unacknowledged_before_it(store: Store) -> None:
     ended_later = make_notification()
-    await store.add(created_later)
+    created_later = make_notification(created_at=NOW + 10)
     await store.add(ended_later)
+    await store.add(created_later)
     await store.mark_acknowledged(accepted=[ended_later.id], final=[])
-    (claimed,) = await store.claim(owner="a", now=NOW + 20, lease_until=NOW + LEASE, limit=1)
+    (claimed,) = await claim(store, "a", limit=1)
     assert claimed.id == ended_later.id
     claimed.status, claimed.updated_at = NotificationStatus.SENT, NOW + 20
     await store.finish_attempt(claimed, lease_owner="a")
@@ -292,24 +476,26 @@ async def test_lines_due_since_a_moment_are_not_unacknowledged_before_it(
     assert sorted(m.id for m in found) == sorted([created_later.id, ended_later.id])
 
 
-async def test_closed_store_refuses_work(tmp_path: Path) -> None:
-    closed = SQLiteStore(tmp_path / "notifier.db")
+async def test_closed_store_refuses_work(opener: Opener) -> None:
+    closed = opener()
 
     with pytest.raises(StoreError):
         await closed.add(make_notification())
 
 
-async def test_retention_purges_only_old_finished_and_acknowledged_notifications(
-    store: SQLiteStore,
-) -> None:
-    from notifier.retention import Retention
+async def test_a_write_that_changes_a_row_proves_the_store_writable(store: Store) -> None:
+    await store.check_writable()
 
+    assert store.write_failure() is None
+
+
+async def test_retention_purges_only_old_finished_and_acknowledged_notifications(
+    store: Store,
+) -> None:
     old_done, old_unacked, old_pending, recent_done = (make_notification() for _ in range(4))
     for n in (old_done, old_unacked, old_pending, recent_done):
         await store.add(n)
-    claimed = {
-        c.id: c for c in await store.claim(owner="a", now=NOW, lease_until=NOW + LEASE, limit=4)
-    }
+    claimed = {c.id: c for c in await claim(store, "a", limit=4)}
     for n, finished_at in ((old_done, NOW), (old_unacked, NOW), (recent_done, NOW + 900)):
         finished = claimed[n.id]
         finished.status = NotificationStatus.SENT
@@ -325,11 +511,9 @@ async def test_retention_purges_only_old_finished_and_acknowledged_notifications
         assert await store.get(kept.id) is not None
 
 
-async def test_attempts_and_recipients_read_back_whole(store: SQLiteStore) -> None:
-    from notifier.domain import Attempt
-
+async def test_attempts_and_recipients_read_back_whole(store: Store) -> None:
     await store.add(make_notification())
-    (claimed,) = await store.claim(owner="a", now=NOW, lease_until=NOW + LEASE, limit=1)
+    (claimed,) = await claim(store, "a")
     claimed.status = NotificationStatus.DEFERRED
     claimed.next_attempt_at = NOW + 60
     claimed.recipients[0].status = RecipientStatus.SENT
@@ -345,3 +529,4 @@ async def test_attempts_and_recipients_read_back_whole(store: SQLiteStore) -> No
     assert stored is not None
     assert stored.attempts == claimed.attempts
     assert stored.recipients == claimed.recipients
+    assert stored.next_attempt_at == NOW + 60

@@ -1,6 +1,21 @@
 """Durable storage of notifications: the Store protocol and its backends."""
 
+from notifier.settings import Settings
 from notifier.store.base import Store
 from notifier.store.sqlite import SQLiteStore
 
-__all__ = ["SQLiteStore", "Store"]
+
+def store_for(settings: Settings) -> Store:
+    """The (unopened) store ``NOTIFIER_DATABASE_URL`` names."""
+    if settings.database_kind == "postgresql":
+        from notifier.store.postgres import PostgresStore  # psycopg only when used
+
+        return PostgresStore(
+            settings.database_url,
+            pool_size=settings.database_pool_size,
+            timeout=settings.store_busy_timeout,
+        )
+    return SQLiteStore(settings.sqlite_path, busy_timeout=settings.store_busy_timeout)
+
+
+__all__ = ["SQLiteStore", "Store", "store_for"]

@@ -1,0 +1,639 @@
+"""The scale-out store: one PostgreSQL database shared by any number of replicas.
+
+PostgreSQL is the coordinator; replicas never talk to each other. A claim locks the
+rows it takes (``FOR UPDATE SKIP LOCKED`` in a materialised CTE, so two replicas never
+take the same row and the ``LIMIT`` holds) and marks them in the same statement. Every
+write after a claim is fenced on (id, lease owner, attempt), as in SQLite.
+
+Leases and due times are judged by the database's clock, never a replica's: a replica
+hands over durations (a lease's length, a retry's delay) and the database adds them to
+its own ``now``, so clock skew between machines cannot steal a lease or hold a retry
+back. Times a replica records for people to read (``created_at``, an attempt's
+``started_at``) stay on its clock.
+
+Inserts without an ``Idempotency-Key`` that arrive together share one statement and one
+commit (:class:`_InsertBatches`), as SQLite's writer thread does. psycopg 3 rather than
+asyncpg: claims cost the same with both, and psycopg works behind PgBouncer in
+transaction mode with no settings (``docs/scaling.md``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import asdict
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from notifier.domain import (
+    AttemptOutcome,
+    IdempotencyRecord,
+    Notification,
+    NotificationStatus,
+)
+from notifier.errors import StoreError
+from notifier.settings import redacted_url
+from notifier.store.rows import (
+    INSERT_COLUMNS,
+    INTERRUPTED,
+    attempts_json,
+    dump,
+    from_row,
+    recipients_json,
+    to_row,
+)
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+#: ``pg_advisory_xact_lock`` key that serialises schema changes of replicas starting at once.
+MIGRATION_LOCK = 0x6E6F7469  # "noti"
+#: The database's clock, in the epoch seconds every time column holds.
+NOW = "extract(epoch FROM statement_timestamp())"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS notifier_schema (
+    id integer PRIMARY KEY CHECK (id = 1),
+    version integer NOT NULL
+);
+CREATE TABLE IF NOT EXISTS notifications (
+    id text PRIMARY KEY,
+    owner text,
+    status text NOT NULL,
+    content text NOT NULL,
+    recipients text NOT NULL,
+    attempts jsonb NOT NULL DEFAULT '[]',
+    metadata text NOT NULL,
+    message_id text NOT NULL,
+    created_at double precision NOT NULL,
+    updated_at double precision NOT NULL,
+    expires_at double precision NOT NULL,
+    visible_at double precision,
+    next_attempt_at double precision,
+    attempt_count integer NOT NULL DEFAULT 0,
+    last_error text,
+    lease_owner text,
+    lease_started_at double precision,
+    budget_from integer NOT NULL DEFAULT 0,
+    ack_accepted boolean NOT NULL DEFAULT false,
+    ack_final boolean
+) WITH (fillfactor = 80);
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    owner text NOT NULL,
+    key text NOT NULL,
+    request_hash text NOT NULL,
+    notification_id text NOT NULL,
+    response text NOT NULL,
+    expires_at double precision NOT NULL,
+    PRIMARY KEY (owner, key)
+);
+CREATE INDEX IF NOT EXISTS idempotency_keys_expiry ON idempotency_keys (expires_at);
+CREATE INDEX IF NOT EXISTS notifications_due
+    ON notifications (visible_at) WHERE visible_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS notifications_status ON notifications (status, id);
+CREATE INDEX IF NOT EXISTS notifications_owner ON notifications (owner, id);
+CREATE INDEX IF NOT EXISTS notifications_finished
+    ON notifications (updated_at) WHERE visible_at IS NULL;
+CREATE INDEX IF NOT EXISTS notifications_unacknowledged
+    ON notifications (id) WHERE NOT ack_accepted OR NOT ack_final;
+CREATE TABLE IF NOT EXISTS heartbeat (
+    id integer PRIMARY KEY CHECK (id = 1),
+    at double precision NOT NULL
+);
+"""
+
+_COLUMNS = ", ".join(INSERT_COLUMNS)
+_TYPES = {
+    "created_at": "double precision",
+    "updated_at": "double precision",
+    "expires_at": "double precision",
+    "visible_at": "double precision",
+}
+#: A batch of new notifications in one statement: ``%s`` is a JSON array of row objects.
+#: They are due from the database's ``now``.
+_SELECTED = ", ".join(NOW if c == "visible_at" else c for c in INSERT_COLUMNS)
+_RECORD = ", ".join(f"{c} {_TYPES.get(c, 'text')}" for c in INSERT_COLUMNS)
+BULK_INSERT = f"""
+INSERT INTO notifications ({_COLUMNS})
+SELECT {_SELECTED} FROM jsonb_to_recordset(%s::jsonb) AS r({_RECORD})
+"""  # noqa: S608 - the column names are constants
+
+INSERT = f"""
+INSERT INTO notifications ({_COLUMNS})
+VALUES ({", ".join(NOW if c == "visible_at" else f"%({c})s" for c in INSERT_COLUMNS)})
+"""  # noqa: S608 - the column names are constants
+
+INSERT_KEY = """
+INSERT INTO idempotency_keys (owner, key, request_hash, notification_id, response, expires_at)
+VALUES (%(owner)s, %(key)s, %(request_hash)s, %(notification_id)s, %(response)s, %(expires_at)s)
+ON CONFLICT (owner, key) DO NOTHING
+"""
+
+#: Leases due work, oldest due first; a row still ``sending`` (its lease ran out) gets an
+#: ``interrupted`` attempt first. The CTE is materialised so that its LIMIT holds.
+CLAIM = f"""
+WITH due AS MATERIALIZED (
+    SELECT id FROM notifications
+    WHERE visible_at <= {NOW}
+    ORDER BY visible_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE notifications AS n SET
+    attempts = CASE WHEN n.status = 'sending' THEN n.attempts || jsonb_build_array(
+        jsonb_build_object(
+            'number', n.attempt_count, 'started_at', n.lease_started_at,
+            'finished_at', %(now)s, 'outcome', %(interrupted_outcome)s::text,
+            'smtp_code', NULL, 'message', %(interrupted)s::text,
+            'relay_fault', false, 'possible_duplicate', true))
+        ELSE n.attempts END,
+    status = 'sending',
+    lease_owner = %(owner)s,
+    lease_started_at = %(now)s,
+    visible_at = {NOW} + %(lease)s,
+    attempt_count = n.attempt_count + 1,
+    updated_at = %(now)s
+FROM due
+WHERE n.id = due.id
+RETURNING n.*
+"""  # noqa: S608 - NOW is a constant
+
+UNCLAIM = f"""
+UPDATE notifications SET
+    status = CASE WHEN attempt_count - 1 > budget_from THEN 'deferred' ELSE 'queued' END,
+    attempt_count = attempt_count - 1,
+    lease_owner = NULL,
+    lease_started_at = NULL,
+    visible_at = {NOW}
+WHERE status = 'sending' AND lease_owner = %(owner)s AND id = ANY(%(ids)s)
+"""  # noqa: S608 - NOW is a constant
+
+#: ``visible_at`` is the database's ``now`` plus the retry's delay (``%(delay)s``).
+FINISH = f"""
+UPDATE notifications SET
+    status = %(status)s, recipients = %(recipients)s, attempts = %(attempts)s::jsonb,
+    visible_at = CASE WHEN %(terminal)s THEN NULL ELSE {NOW} + %(delay)s END,
+    next_attempt_at = %(next_attempt_at)s,
+    last_error = %(last_error)s, updated_at = %(updated_at)s,
+    lease_owner = NULL, lease_started_at = NULL,
+    ack_final = CASE WHEN %(terminal)s THEN false ELSE NULL END
+WHERE id = %(id)s AND lease_owner = %(lease_owner)s AND attempt_count = %(attempt_count)s
+"""  # noqa: S608 - NOW is a constant
+
+REWRITE = f"""
+UPDATE notifications SET
+    status = %(status)s, recipients = %(recipients)s,
+    visible_at = CASE WHEN %(terminal)s THEN NULL ELSE {NOW} END,
+    next_attempt_at = NULL, expires_at = %(expires_at)s, last_error = %(last_error)s,
+    updated_at = %(updated_at)s, budget_from = %(budget_from)s,
+    ack_final = CASE WHEN %(terminal)s THEN false ELSE NULL END
+WHERE id = %(id)s
+"""  # noqa: S608 - NOW is a constant
+
+#: Rows one bulk insert takes at most.
+MAX_BATCH = 512
+#: Bulk inserts in flight at once, each on its own pooled connection.
+MAX_INSERTS_IN_FLIGHT = 4
+
+
+def connection_url(url: str) -> str:
+    """``postgres://`` and ``postgresql://`` URLs as libpq takes them."""
+    return re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql://", url)
+
+
+class PostgresStore:
+    """The :class:`~notifier.store.base.Store` on PostgreSQL, shared by replicas."""
+
+    #: Other replicas may be sending: leases are left to run out, never released by start-up.
+    exclusive = False
+
+    def __init__(self, url: str, *, pool_size: int = 10, timeout: float = 5.0) -> None:
+        self._url = connection_url(url)
+        self._pool_size = pool_size
+        self._timeout = timeout
+        self._pool: AsyncConnectionPool[psycopg.AsyncConnection[dict[str, Any]]] | None = None
+        self._failure: str | None = None
+        self._inserts = _InsertBatches(self)
+
+    async def open(self) -> None:
+        pool: AsyncConnectionPool[psycopg.AsyncConnection[dict[str, Any]]] = AsyncConnectionPool(
+            self._url,
+            min_size=1,
+            max_size=self._pool_size,
+            open=False,
+            timeout=self._timeout,
+            kwargs={"row_factory": dict_row, "connect_timeout": max(1, round(self._timeout))},
+            connection_class=psycopg.AsyncConnection[dict[str, Any]],
+            name="notifier",
+        )
+        try:
+            await pool.open(wait=True, timeout=self._timeout)
+        except (PoolTimeout, psycopg.Error) as exc:
+            await pool.close()
+            raise StoreError(f"cannot connect to PostgreSQL: {_reason(exc)}") from None
+        self._pool = pool
+        try:
+            await self._run(_migrate)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        await self._inserts.drain()
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def ping(self) -> None:
+        await self._run(lambda c: c.execute("SELECT 1"))
+
+    def write_failure(self) -> str | None:
+        return self._failure
+
+    async def check_writable(self) -> None:
+        sql = (
+            f"INSERT INTO heartbeat (id, at) VALUES (1, {NOW}) "  # noqa: S608 - constant
+            "ON CONFLICT (id) DO UPDATE SET at = excluded.at"
+        )
+        await self._write(lambda c: c.execute(sql))
+
+    async def add(
+        self, notification: Notification, idempotency: IdempotencyRecord | None = None
+    ) -> IdempotencyRecord | None:
+        row = to_row(notification)
+        if idempotency is None:
+            await self._inserts.add(row)
+            return None
+
+        async def insert(c: psycopg.AsyncConnection[dict[str, Any]]) -> IdempotencyRecord | None:
+            # A concurrent insert of the same key (another replica's) waits here for that
+            # transaction, then finds the key taken: the unique key decides.
+            taken = (await c.execute(INSERT_KEY, asdict(idempotency))).rowcount == 0
+            if taken:
+                return await _find_key(c, idempotency.owner, idempotency.key)
+            await c.execute(INSERT, row)
+            return None
+
+        return await self._write(insert)
+
+    async def find_idempotency(self, owner: str, key: str) -> IdempotencyRecord | None:
+        return await self._run(lambda c: _find_key(c, owner, key))
+
+    async def purge_idempotency(self, *, now: float, limit: int) -> int:
+        sql = (
+            "DELETE FROM idempotency_keys WHERE (owner, key) IN (SELECT owner, key "
+            "FROM idempotency_keys WHERE expires_at < %s ORDER BY expires_at LIMIT %s "
+            "FOR UPDATE SKIP LOCKED)"
+        )
+        return await self._write(_rowcount(sql, (now, limit)))
+
+    async def purge_finished(self, *, before: float, limit: int) -> int:
+        sql = (
+            "DELETE FROM notifications WHERE id IN (SELECT id FROM notifications "
+            "WHERE visible_at IS NULL AND updated_at < %s AND ack_final "
+            "ORDER BY updated_at LIMIT %s FOR UPDATE SKIP LOCKED)"
+        )
+        return await self._write(_rowcount(sql, (before, limit)))
+
+    async def cancel(self, notification_id: str, *, now: float) -> tuple[bool, Notification | None]:
+        def change(n: Notification) -> bool:
+            if not n.cancellable:
+                return False
+            n.status = NotificationStatus.CANCELLED
+            n.last_error = "cancelled by request"
+            n.updated_at = now
+            return True
+
+        return await self._write(lambda c: _rewrite(c, notification_id, change))
+
+    async def requeue(
+        self, notification_id: str, *, now: float, expires_at: float
+    ) -> tuple[bool, Notification | None]:
+        def change(n: Notification) -> bool:
+            if not n.retryable:
+                return False
+            n.reopen(now=now, expires_at=expires_at)
+            return True
+
+        return await self._write(lambda c: _rewrite(c, notification_id, change))
+
+    async def oldest_due(self) -> float | None:
+        sql = (
+            "SELECT visible_at FROM notifications WHERE visible_at IS NOT NULL "
+            "AND status != 'sending' ORDER BY visible_at LIMIT 1"
+        )
+        row = await self._fetch_one(sql)
+        return None if row is None else float(row["visible_at"])
+
+    async def count_pending(self) -> int:
+        row = await self._fetch_one(
+            "SELECT count(*) AS n FROM notifications WHERE visible_at IS NOT NULL"
+        )
+        assert row is not None
+        return int(row["n"])
+
+    async def get(self, notification_id: str) -> Notification | None:
+        row = await self._fetch_one("SELECT * FROM notifications WHERE id = %s", (notification_id,))
+        return None if row is None else from_row(row)
+
+    async def page(
+        self,
+        *,
+        status: NotificationStatus | None,
+        limit: int,
+        before_id: str | None,
+        owner: str | None = None,
+    ) -> list[Notification]:
+        clauses, params = [], []
+        if owner is not None:
+            clauses.append("owner = %s")
+            params.append(owner)
+        if status is not None:
+            clauses.append("status = %s")
+            params.append(status.value)
+        if before_id is not None:
+            clauses.append("id < %s")
+            params.append(before_id)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = f"SELECT * FROM notifications {where} ORDER BY id DESC LIMIT %s"  # noqa: S608
+        rows = await self._fetch_all(sql, (*params, limit))
+        return [from_row(r) for r in rows]
+
+    async def claim(
+        self, *, owner: str, now: float, lease_until: float, limit: int, can_wait: bool = False
+    ) -> list[Notification]:
+        params = {
+            "owner": owner,
+            "now": now,
+            "lease": lease_until - now,
+            "limit": limit,
+            "interrupted": INTERRUPTED,
+            "interrupted_outcome": AttemptOutcome.INTERRUPTED.value,
+        }
+
+        async def claim(c: psycopg.AsyncConnection[dict[str, Any]]) -> list[dict[str, Any]]:
+            return await (await c.execute(CLAIM, params)).fetchall()
+
+        rows = await self._write(claim)
+        claimed = [from_row(r) for r in rows]
+        claimed.sort(key=lambda n: n.next_attempt_at or n.created_at)
+        return claimed
+
+    async def finish_attempt(self, notification: Notification, *, lease_owner: str) -> bool:
+        n = notification
+        params = {
+            "id": n.id,
+            "status": n.status.value,
+            "recipients": recipients_json(n.recipients),
+            "attempts": attempts_json(n.attempts),
+            "terminal": n.status.terminal,
+            # The retry's delay, from the moment the outcome was judged (on this replica's
+            # clock): the database adds it to its own now.
+            "delay": max(0.0, (n.next_attempt_at or n.updated_at) - n.updated_at),
+            "next_attempt_at": n.next_attempt_at,
+            "last_error": n.last_error,
+            "updated_at": n.updated_at,
+            "lease_owner": lease_owner,
+            "attempt_count": n.attempt_count,
+        }
+        changed = await self._write(_rowcount(FINISH, params))
+        return changed == 1
+
+    async def extend_leases(self, *, owner: str, ids: Sequence[str], until: float) -> None:
+        sql = (
+            f"UPDATE notifications SET visible_at = {NOW} + %s WHERE lease_owner = %s "  # noqa: S608
+            "AND status = 'sending' AND id = ANY(%s)"
+        )
+        await self._write(_rowcount(sql, (until - time.time(), owner, list(ids))))
+
+    async def unclaim(self, *, owner: str, ids: Sequence[str]) -> int:
+        return await self._write(_rowcount(UNCLAIM, {"owner": owner, "ids": list(ids)}))
+
+    async def release_leases(self, *, now: float, owner: str | None = None) -> int:
+        sql = f"UPDATE notifications SET visible_at = {NOW} WHERE status = 'sending'"  # noqa: S608
+        params: tuple[object, ...] = ()
+        if owner is not None:
+            sql += " AND lease_owner = %s"
+            params = (owner,)
+        return await self._write(_rowcount(sql, params))
+
+    async def mark_acknowledged(self, *, accepted: Sequence[str], final: Sequence[str]) -> None:
+        async def mark(c: psycopg.AsyncConnection[dict[str, Any]]) -> int:
+            changed = 0
+            if accepted:
+                changed += (
+                    await c.execute(
+                        "UPDATE notifications SET ack_accepted = true WHERE id = ANY(%s)",
+                        (list(accepted),),
+                    )
+                ).rowcount
+            if final:
+                changed += (
+                    await c.execute(
+                        "UPDATE notifications SET ack_final = true "
+                        "WHERE ack_final = false AND id = ANY(%s)",
+                        (list(final),),
+                    )
+                ).rowcount
+            return changed
+
+        await self._write(mark)
+
+    async def unacknowledged(self, *, limit: int, before: float) -> list[Notification]:
+        sql = (
+            "SELECT * FROM notifications WHERE (NOT ack_accepted OR NOT ack_final) "
+            "AND ((NOT ack_accepted AND created_at < %s) OR (NOT ack_final AND updated_at < %s)) "
+            "ORDER BY id LIMIT %s"
+        )
+        rows = await self._fetch_all(sql, (before, before, limit))
+        return [from_row(r) for r in rows]
+
+    async def insert_batch(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Commit these new notifications in one statement (see :class:`_InsertBatches`)."""
+        payload = dump([{c: row[c] for c in INSERT_COLUMNS} for row in rows])
+        await self._write(_rowcount(BULK_INSERT, (payload,)))
+
+    async def _fetch_one(self, sql: str, params: Sequence[object] = ()) -> dict[str, Any] | None:
+        async def fetch(c: psycopg.AsyncConnection[dict[str, Any]]) -> dict[str, Any] | None:
+            return await (await c.execute(sql, params)).fetchone()
+
+        return await self._run(fetch)
+
+    async def _fetch_all(self, sql: str, params: Sequence[object] = ()) -> list[dict[str, Any]]:
+        async def fetch(c: psycopg.AsyncConnection[dict[str, Any]]) -> list[dict[str, Any]]:
+            return await (await c.execute(sql, params)).fetchall()
+
+        return await self._run(fetch)
+
+    async def _write(
+        self, job: Callable[[psycopg.AsyncConnection[dict[str, Any]]], Awaitable[T]]
+    ) -> T:
+        """:meth:`_run` for a write: a failure is kept for readiness until one that
+        changed rows commits (a write that changes nothing proves nothing)."""
+        try:
+            result = await self._run(job)
+        except StoreError as exc:
+            self._failure = str(exc)
+            raise
+        if self._failure is not None and _wrote(result):
+            self._failure = None
+        return result
+
+    async def _run(
+        self, job: Callable[[psycopg.AsyncConnection[dict[str, Any]]], Awaitable[T]]
+    ) -> T:
+        """``job`` in one transaction on a pooled connection, committed when it returns."""
+        if self._pool is None:
+            raise StoreError("the store is closed")
+        try:
+            async with self._pool.connection() as connection:
+                return await job(connection)
+        except PoolTimeout:
+            raise StoreError(
+                f"no database connection within {self._timeout:g} s "
+                "(PostgreSQL unreachable, or every pooled connection busy)"
+            ) from None
+        except psycopg.Error as exc:
+            raise StoreError(f"database error: {_reason(exc)}") from exc
+
+
+class _InsertBatches:
+    """New notifications that arrive together go in one statement and one commit.
+
+    A request waits for the commit of the batch its row went into; a few batches may be
+    in flight at once, each on its own connection, so a slow commit does not hold up
+    every other request.
+    """
+
+    def __init__(self, store: PostgresStore) -> None:
+        self._store = store
+        self._waiting: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
+        self._in_flight: set[asyncio.Task[None]] = set()
+
+    async def add(self, row: dict[str, Any]) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((row, future))
+        if len(self._in_flight) < MAX_INSERTS_IN_FLIGHT:
+            self._start()
+        await future
+
+    async def drain(self) -> None:
+        while self._in_flight:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
+
+    def _start(self) -> None:
+        task = asyncio.create_task(self._insert())
+        self._in_flight.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        if self._waiting and len(self._in_flight) < MAX_INSERTS_IN_FLIGHT:
+            self._start()
+
+    async def _insert(self) -> None:
+        batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
+        if not batch:
+            return
+        try:
+            await self._store.insert_batch([row for row, _ in batch])
+        except Exception as exc:  # noqa: BLE001 - every waiting request gets the failure
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for _, future in batch:
+            if not future.done():
+                future.set_result(None)
+
+
+def _rowcount(
+    sql: str, params: Sequence[object] | Mapping[str, object]
+) -> Callable[[psycopg.AsyncConnection[dict[str, Any]]], Awaitable[int]]:
+    async def run(c: psycopg.AsyncConnection[dict[str, Any]]) -> int:
+        return (await c.execute(sql, params)).rowcount
+
+    return run
+
+
+def _wrote(result: object) -> bool:
+    """Whether a write's result says it changed rows (a count, rows, or a change flag)."""
+    if isinstance(result, bool):
+        return result
+    if isinstance(result, int):
+        return result > 0
+    if isinstance(result, tuple):  # (changed, notification)
+        return bool(result and result[0])
+    if isinstance(result, list):  # claimed rows
+        return bool(result)
+    return not isinstance(result, IdempotencyRecord)  # a taken key stored nothing
+
+
+async def _find_key(
+    c: psycopg.AsyncConnection[dict[str, Any]], owner: str, key: str
+) -> IdempotencyRecord | None:
+    cursor = await c.execute(
+        "SELECT * FROM idempotency_keys WHERE owner = %s AND key = %s", (owner, key)
+    )
+    row = await cursor.fetchone()
+    return None if row is None else IdempotencyRecord(**row)
+
+
+async def _rewrite(
+    c: psycopg.AsyncConnection[dict[str, Any]],
+    notification_id: str,
+    change: Callable[[Notification], bool],
+) -> tuple[bool, Notification | None]:
+    """Read (locked), ``change`` and write back one notification in one transaction."""
+    cursor = await c.execute(
+        "SELECT * FROM notifications WHERE id = %s FOR UPDATE", (notification_id,)
+    )
+    row = await cursor.fetchone()
+    if row is None:
+        return False, None
+    n = from_row(row)
+    if not change(n):
+        return False, n
+    await c.execute(
+        REWRITE,
+        {
+            "id": n.id,
+            "status": n.status.value,
+            "recipients": recipients_json(n.recipients),
+            "terminal": n.status.terminal,
+            "expires_at": n.expires_at,
+            "last_error": n.last_error,
+            "updated_at": n.updated_at,
+            "budget_from": n.budget_from,
+        },
+    )
+    return True, n
+
+
+async def _migrate(c: psycopg.AsyncConnection[dict[str, Any]]) -> None:
+    """Create or upgrade the schema; replicas starting together take turns."""
+    await c.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+    await c.execute(SCHEMA)
+    row = await (await c.execute("SELECT version FROM notifier_schema WHERE id = 1")).fetchone()
+    version = 0 if row is None else int(row["version"])
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"the database's schema version {version} is newer than this notifier's "
+            f"({SCHEMA_VERSION}): run the newer notifier, or restore a backup"
+        )
+    await c.execute(
+        "INSERT INTO notifier_schema (id, version) VALUES (1, %s) "
+        "ON CONFLICT (id) DO UPDATE SET version = excluded.version",
+        (SCHEMA_VERSION,),
+    )
+
+
+def _reason(exc: BaseException) -> str:
+    """An error's first line, with any connection URL's password masked."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return redacted_url(text)

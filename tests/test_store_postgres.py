@@ -1,0 +1,123 @@
+"""What only the PostgreSQL store has to hold: the database's clock, replicas opening
+one database together, its schema version, and a password that never shows."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import psycopg
+import pytest
+
+from notifier.domain import NotificationStatus
+from notifier.errors import StoreError
+from notifier.settings import Settings
+from notifier.store.postgres import PostgresStore
+from tests.conftest import MakeSettings, notification, post, running_app, wait_for
+from tests.smtp_server import ScriptedHandler
+from tests.test_store import LEASE, make_notification
+
+HOUR = 3600.0
+
+
+async def test_a_replica_with_a_fast_clock_cannot_steal_a_lease(postgres_url: str) -> None:
+    store = PostgresStore(postgres_url)
+    await store.open()
+    try:
+        await store.add(make_notification())
+        now = time.time()
+        (leased,) = await store.claim(owner="a", now=now, lease_until=now + LEASE, limit=1)
+        # An hour ahead, its own lease long over by its clock: not by the database's.
+        ahead = now + HOUR
+        stolen = await store.claim(owner="b", now=ahead, lease_until=ahead + LEASE, limit=1)
+    finally:
+        await store.close()
+
+    assert leased.lease_owner == "a"
+    assert stolen == []
+
+
+async def test_a_retry_delay_counts_from_the_databases_clock(postgres_url: str) -> None:
+    store = PostgresStore(postgres_url)
+    await store.open()
+    try:
+        await store.add(make_notification())
+        now = time.time()
+        (claimed,) = await store.claim(owner="a", now=now, lease_until=now + LEASE, limit=1)
+        # A replica whose clock is an hour behind defers for 60 s by its clock.
+        claimed.status = NotificationStatus.DEFERRED
+        claimed.updated_at = now - HOUR
+        claimed.next_attempt_at = now - HOUR + 60
+        await store.finish_attempt(claimed, lease_owner="a")
+        early = await store.claim(owner="a", now=now, lease_until=now + LEASE, limit=1)
+    finally:
+        await store.close()
+
+    assert early == []  # due in 60 s, not an hour ago
+
+
+async def test_replicas_opening_a_new_database_together_make_one_schema(
+    postgres_url: str,
+) -> None:
+    stores = [PostgresStore(postgres_url) for _ in range(4)]
+
+    await asyncio.gather(*(s.open() for s in stores))
+    try:
+        await stores[0].add(make_notification())
+        counts = [await s.count_pending() for s in stores]
+    finally:
+        await asyncio.gather(*(s.close() for s in stores))
+
+    assert counts == [1, 1, 1, 1]
+
+
+async def test_a_schema_newer_than_this_notifier_is_refused(postgres_url: str) -> None:
+    first = PostgresStore(postgres_url)
+    await first.open()
+    await first.close()
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        connection.execute("UPDATE notifier_schema SET version = version + 1")
+
+    with pytest.raises(StoreError, match="schema version 2 is newer than this notifier"):
+        await PostgresStore(postgres_url).open()
+
+
+async def test_an_unreachable_database_is_a_store_error_that_never_shows_the_password(
+    postgres_url: str,
+) -> None:
+    where = postgres_url.split("@", 1)[1]  # host:port/database
+    wrong = f"postgresql://nobody:s3cret-pw@{where}"
+    unreachable = "postgresql://nobody:s3cret-pw@127.0.0.1:1/notifier"
+
+    for url in (wrong, unreachable):
+        with pytest.raises(StoreError) as refused:
+            await PostgresStore(url, timeout=1.0).open()
+        assert "s3cret-pw" not in str(refused.value)
+
+
+def test_check_config_masks_the_database_password() -> None:
+    settings = Settings(database_url="postgres://notifier:s3cret-pw@db.example:5432/notifier")
+
+    shown = settings.masked()["NOTIFIER_DATABASE_URL"]
+
+    assert shown == "postgres://notifier:********@db.example:5432/notifier"
+    assert settings.database_kind == "postgresql"
+
+
+async def test_a_notification_goes_through_the_service_on_postgresql(
+    make_settings: MakeSettings, smtp_handler: ScriptedHandler, postgres_url: str
+) -> None:
+    settings = make_settings(database_url=postgres_url)
+    async with running_app(settings) as client:
+        notification_id = await post(client)
+        doc = await wait_for(client, notification_id)
+        keyed = {"Idempotency-Key": "pg-1"}
+        first = await client.post("/v1/notifications", json=notification(), headers=keyed)
+        again = await client.post("/v1/notifications", json=notification(), headers=keyed)
+        ready = await client.get("/readyz")
+
+    assert doc["status"] == "sent"
+    assert len(smtp_handler.received) >= 1
+    assert first.json()["id"] == again.json()["id"]
+    assert again.headers["idempotent-replayed"] == "true"
+    assert ready.status_code == 200
