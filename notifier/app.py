@@ -166,6 +166,7 @@ async def _start(
     )
     await dispatcher.start()
     stack.push_async_callback(dispatcher.stop, settings.shutdown_grace)
+    store.listen(dispatcher.wake)  # work other replicas commit
     lifecycle = _Lifecycle(dispatcher)
     relay = RelayMonitor(
         transport, breaker, interval=settings.relay_check_interval, clock=time.monotonic

@@ -13,7 +13,7 @@ from notifier.domain import NotificationStatus
 from notifier.errors import StoreError
 from notifier.settings import Settings
 from notifier.store.postgres import PostgresStore
-from tests.conftest import MakeSettings, notification, post, running_app, wait_for
+from tests.conftest import DEADLINE_SECONDS, MakeSettings, notification, post, running_app, wait_for
 from tests.smtp_server import ScriptedHandler
 from tests.test_store import LEASE, make_notification
 
@@ -121,3 +121,51 @@ async def test_a_notification_goes_through_the_service_on_postgresql(
     assert first.json()["id"] == again.json()["id"]
     assert again.headers["idempotent-replayed"] == "true"
     assert ready.status_code == 200
+
+
+class Wakes:
+    """Counts wake-ups; ``await wakes.after(n)`` returns once there have been more than n."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._changed = asyncio.Event()
+
+    def __call__(self) -> None:
+        self.count += 1
+        self._changed.set()
+
+    async def after(self, seen: int) -> int:
+        async with asyncio.timeout(DEADLINE_SECONDS):
+            while self.count <= seen:
+                self._changed.clear()
+                await self._changed.wait()
+        return self.count
+
+
+async def test_new_work_another_replica_commits_wakes_a_listening_replica(
+    postgres_url: str,
+) -> None:
+    accepting, listening = PostgresStore(postgres_url), PostgresStore(postgres_url)
+    await accepting.open()
+    await listening.open()
+    wakes = Wakes()
+    try:
+        listening.listen(wakes)
+        listened = await wakes.after(0)  # once listening: a re-poll for what came before
+        await asyncio.gather(*(accepting.add(make_notification()) for _ in range(50)))
+        woken = await wakes.after(listened)
+        # The listening connection dies: the replica listens again, and re-polls.
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE query LIKE 'LISTEN%%' AND datname = current_database()"
+            )
+        relistened = await wakes.after(woken)
+        await accepting.add(make_notification())
+        await wakes.after(relistened)
+    finally:
+        await accepting.close()
+        await listening.close()
+
+    # Fifty inserts that arrived together were announced in far fewer notifications.
+    assert woken - listened < 50

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from notifier.domain import IdempotencyRecord, Notification, NotificationStatus
@@ -17,6 +17,10 @@ class Store(Protocol):
         """Create or migrate the schema and take ownership of the database."""
 
     async def close(self) -> None: ...
+
+    def listen(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` when another process commits new due work, as far as the
+        backend can tell; a process's own work wakes its dispatcher directly."""
 
     async def ping(self) -> None:
         """Raise ``StoreError`` unless a query round-trips."""

@@ -20,6 +20,8 @@ transaction mode with no settings (``docs/scaling.md``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -49,6 +51,19 @@ from notifier.store.rows import (
 )
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+#: The channel a commit of new due work is announced on: one NOTIFY per transaction.
+CHANNEL = "notifier_due"
+NOTIFY = f"SELECT pg_notify('{CHANNEL}', '')"
+#: Seconds between attempts to listen again after the listening connection was lost.
+RELISTEN_INITIAL = 0.5
+RELISTEN_MAX = 30.0
+#: libpq's TCP keepalives on the listening connection, which otherwise only reads: a
+#: connection that died without a word is noticed within about a minute.
+KEEPALIVE_IDLE = 30
+KEEPALIVE_INTERVAL = 10
 
 SCHEMA_VERSION = 1
 #: ``pg_advisory_xact_lock`` key that serialises schema changes of replicas starting at once.
@@ -219,6 +234,7 @@ class PostgresStore:
         self._pool: AsyncConnectionPool[psycopg.AsyncConnection[dict[str, Any]]] | None = None
         self._failure: str | None = None
         self._inserts = _InsertBatches(self)
+        self._listener: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         pool: AsyncConnectionPool[psycopg.AsyncConnection[dict[str, Any]]] = AsyncConnectionPool(
@@ -243,7 +259,49 @@ class PostgresStore:
             await self.close()
             raise
 
+    def listen(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` whenever any replica commits new due work, and after each
+        reconnect of the listening connection (what was committed meanwhile was missed).
+
+        A hint only: a notification can be lost with its connection, so the dispatcher
+        keeps polling as well.
+        """
+        if self._listener is None:
+            self._listener = asyncio.create_task(self._listen(wake), name="notifier-listen")
+
+    async def _listen(self, wake: Callable[[], None]) -> None:
+        delay = RELISTEN_INITIAL
+        while True:
+            try:
+                connection = await psycopg.AsyncConnection.connect(
+                    self._url,
+                    autocommit=True,
+                    connect_timeout=max(1, round(self._timeout)),
+                    keepalives=1,
+                    keepalives_idle=KEEPALIVE_IDLE,
+                    keepalives_interval=KEEPALIVE_INTERVAL,
+                )
+                async with connection:
+                    await connection.execute(f"LISTEN {CHANNEL}")
+                    delay = RELISTEN_INITIAL
+                    wake()
+                    async for _ in connection.notifies():
+                        wake()
+            except psycopg.Error as exc:
+                log.warning(
+                    "listening for new work stopped (%s); polling meanwhile, again in %.1f s",
+                    _reason(exc),
+                    delay,
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RELISTEN_MAX)
+
     async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
         await self._inserts.drain()
         if self._pool is not None:
             await self._pool.close()
@@ -277,6 +335,7 @@ class PostgresStore:
             if taken:
                 return await _find_key(c, idempotency.owner, idempotency.key)
             await c.execute(INSERT, row)
+            await c.execute(NOTIFY)
             return None
 
         return await self._write(insert)
@@ -320,7 +379,15 @@ class PostgresStore:
             n.reopen(now=now, expires_at=expires_at)
             return True
 
-        return await self._write(lambda c: _rewrite(c, notification_id, change))
+        async def requeue(
+            c: psycopg.AsyncConnection[dict[str, Any]],
+        ) -> tuple[bool, Notification | None]:
+            result = await _rewrite(c, notification_id, change)
+            if result[0]:
+                await c.execute(NOTIFY)
+            return result
+
+        return await self._write(requeue)
 
     async def oldest_due(self) -> float | None:
         sql = (
@@ -412,7 +479,9 @@ class PostgresStore:
         await self._write(_rowcount(sql, (until - time.time(), owner, list(ids))))
 
     async def unclaim(self, *, owner: str, ids: Sequence[str]) -> int:
-        return await self._write(_rowcount(UNCLAIM, {"owner": owner, "ids": list(ids)}))
+        return await self._write(
+            _rowcount(UNCLAIM, {"owner": owner, "ids": list(ids)}, announce=True)
+        )
 
     async def release_leases(self, *, now: float, owner: str | None = None) -> int:
         sql = f"UPDATE notifications SET visible_at = {NOW} WHERE status = 'sending'"  # noqa: S608
@@ -420,7 +489,7 @@ class PostgresStore:
         if owner is not None:
             sql += " AND lease_owner = %s"
             params = (owner,)
-        return await self._write(_rowcount(sql, params))
+        return await self._write(_rowcount(sql, params, announce=True))
 
     async def mark_acknowledged(self, *, accepted: Sequence[str], final: Sequence[str]) -> None:
         async def mark(c: psycopg.AsyncConnection[dict[str, Any]]) -> int:
@@ -454,9 +523,16 @@ class PostgresStore:
         return [from_row(r) for r in rows]
 
     async def insert_batch(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Commit these new notifications in one statement (see :class:`_InsertBatches`)."""
+        """Commit these new notifications in one statement, and announce them once
+        (see :class:`_InsertBatches`)."""
         payload = dump([{c: row[c] for c in INSERT_COLUMNS} for row in rows])
-        await self._write(_rowcount(BULK_INSERT, (payload,)))
+
+        async def insert(c: psycopg.AsyncConnection[dict[str, Any]]) -> int:
+            inserted = (await c.execute(BULK_INSERT, (payload,))).rowcount
+            await c.execute(NOTIFY)
+            return inserted
+
+        await self._write(insert)
 
     async def _fetch_one(self, sql: str, params: Sequence[object] = ()) -> dict[str, Any] | None:
         async def fetch(c: psycopg.AsyncConnection[dict[str, Any]]) -> dict[str, Any] | None:
@@ -553,10 +629,16 @@ class _InsertBatches:
 
 
 def _rowcount(
-    sql: str, params: Sequence[object] | Mapping[str, object]
+    sql: str, params: Sequence[object] | Mapping[str, object], *, announce: bool = False
 ) -> Callable[[psycopg.AsyncConnection[dict[str, Any]]], Awaitable[int]]:
+    """A job running ``sql``, returning how many rows it changed; with ``announce``, rows
+    it made due are announced to the listening replicas."""
+
     async def run(c: psycopg.AsyncConnection[dict[str, Any]]) -> int:
-        return (await c.execute(sql, params)).rowcount
+        changed = (await c.execute(sql, params)).rowcount
+        if announce and changed:
+            await c.execute(NOTIFY)
+        return changed
 
     return run
 

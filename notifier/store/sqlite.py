@@ -192,6 +192,9 @@ class SQLiteStore:
         await self._write(_migrate)
         self._read_pool = ThreadPoolExecutor(self._readers, thread_name_prefix="notifier-read")
 
+    def listen(self, wake: Callable[[], None]) -> None:
+        """Nothing to hear: one process serves the file, and wakes its own dispatcher."""
+
     async def close(self) -> None:
         if self._writer is not None:
             await asyncio.to_thread(self._writer.stop)
