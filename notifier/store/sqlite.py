@@ -42,8 +42,6 @@ from notifier.store.writer import Row, Writer, connect
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
-
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS notifications (
     id TEXT PRIMARY KEY,
@@ -90,6 +88,11 @@ CREATE TABLE IF NOT EXISTS heartbeat (
     at REAL NOT NULL
 );
 """
+
+#: The schema's history: step ``i`` takes a database from version ``i`` to ``i + 1``.
+#: A release that changes the schema appends a step; it never edits one.
+MIGRATIONS: tuple[str, ...] = (SCHEMA,)
+SCHEMA_VERSION = len(MIGRATIONS)
 
 #: Leases due work; a row still ``sending`` (its lease expired) gets an
 #: ``interrupted`` attempt first. SET expressions read the row as it was.
@@ -493,9 +496,10 @@ def _migrate(connection: sqlite3.Connection) -> None:
         raise sqlite3.DatabaseError(
             f"database schema version {version} is newer than this notifier ({SCHEMA_VERSION})"
         )
-    for statement in SCHEMA.split(";"):
-        if statement.strip():
-            connection.execute(statement)
+    for step in MIGRATIONS[version:]:
+        for statement in step.split(";"):
+            if statement.strip():
+                connection.execute(statement)
     connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
