@@ -19,7 +19,7 @@ from notifier.api.ratelimit import RateLimiter, RateLimitHeaders
 from notifier.api.services import Services
 from notifier.api.tally import ResponseTally
 from notifier.devsmtp import CaptureServer
-from notifier.dispatch.ack import AckWriter
+from notifier.dispatch.ack import SWEEP_GRACE, SWEEP_INTERVAL, AckWriter
 from notifier.dispatch.backoff import exponential
 from notifier.dispatch.breaker import RelayBreaker
 from notifier.dispatch.dispatcher import Dispatcher
@@ -142,6 +142,7 @@ async def _start(
         retry_initial=write_retry_initial,
         retry_max=write_retry_max,
         on_failure=metrics.ack_failures.inc,
+        sweep=None if store.exclusive else (SWEEP_INTERVAL, SWEEP_GRACE),
     )
     await ack.start()
     stack.push_async_callback(ack.stop)

@@ -4,11 +4,14 @@ one database together, its schema version, and a password that never shows."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from pathlib import Path
 
 import psycopg
 import pytest
 
+from notifier.dispatch.ack import AckWriter
 from notifier.domain import NotificationStatus
 from notifier.errors import StoreError
 from notifier.settings import Settings
@@ -169,3 +172,33 @@ async def test_new_work_another_replica_commits_wakes_a_listening_replica(
 
     # Fifty inserts that arrived together were announced in far fewer notifications.
     assert woken - listened < 50
+
+
+async def test_lines_a_dead_replica_never_wrote_are_written_by_a_live_one(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    store = PostgresStore(postgres_url)
+    await store.open()
+    writer = AckWriter(tmp_path / "acks.jsonl", store, clock=time.time, sweep=(0.05, 0.5))
+    try:
+        await writer.start()
+        # Accepted and finished by a replica that was killed before writing either line.
+        orphan = make_notification()
+        await store.add(orphan)
+        now = time.time()
+        (claimed,) = await store.claim(owner="dead", now=now, lease_until=now + LEASE, limit=1)
+        claimed.status, claimed.updated_at = NotificationStatus.SENT, now
+        await store.finish_attempt(claimed, lease_owner="dead")
+        give_up = time.monotonic() + DEADLINE_SECONDS
+        while await store.unacknowledged(limit=10, before=time.time()):
+            assert time.monotonic() < give_up, "the live replica never wrote the lines"
+            await asyncio.sleep(0.05)
+    finally:
+        await writer.stop()
+        await store.close()
+
+    lines = [json.loads(line) for line in (tmp_path / "acks.jsonl").read_text().splitlines()]
+    assert [(line["id"], line["event"]) for line in lines] == [
+        (orphan.id, "accepted"),
+        (orphan.id, "sent"),
+    ]

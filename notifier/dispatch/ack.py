@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 
 ACCEPTED = "accepted"
 CATCH_UP_BATCH = 1000
+#: With replicas sharing a database: how often each looks for lines nobody wrote, and
+#: how old such a line must be (a live replica writes its own within moments).
+SWEEP_INTERVAL = 30.0
+SWEEP_GRACE = 60.0
 
 
 def ack_line(notification: Notification, event: str, at: str) -> dict[str, Any]:
@@ -56,8 +60,12 @@ class AckWriter:
         retry_max: float = 30.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         on_failure: Callable[[], None] = lambda: None,
+        sweep: tuple[float, float] | None = None,
     ) -> None:
+        """``sweep`` is (interval, grace) when other processes share the store: then
+        lines they never wrote (one was killed) are written here, once ``grace`` old."""
         self._path = path
+        self._sweep = sweep
         self._store = store
         self._clock = clock
         self._queue: asyncio.Queue[tuple[Notification, str]] = asyncio.Queue()
@@ -97,7 +105,24 @@ class AckWriter:
         self._io.shutdown(wait=True)
 
     async def _run(self) -> None:
-        await self._catch_up()
+        await self._catch_up(self._since)
+        sweeper = None
+        if self._sweep is not None:
+            sweeper = asyncio.create_task(self._sweep_forever(*self._sweep), name="ack-sweep")
+            sweeper.add_done_callback(report_crash)
+        try:
+            await self._write_queued()
+        finally:
+            if sweeper is not None:
+                sweeper.cancel()
+                await asyncio.gather(sweeper, return_exceptions=True)
+
+    async def _sweep_forever(self, interval: float, grace: float) -> None:
+        while True:
+            await self._sleep(interval)
+            await self._catch_up(self._clock() - grace)
+
+    async def _write_queued(self) -> None:
         while True:
             batch = [await self._queue.get()]
             while not self._queue.empty():
@@ -106,13 +131,14 @@ class AckWriter:
             batch.sort(key=lambda item: item[1] != ACCEPTED)
             await self._write_with_retries(batch)
 
-    async def _catch_up(self) -> None:
-        """Write the lines a previous run left unwritten (at least once, so maybe twice).
+    async def _catch_up(self, since: float) -> None:
+        """Write the lines left unwritten (at least once, so maybe twice) of what was
+        accepted or ended before ``since``.
 
-        Only lines of what was accepted or ended before this run started: the rest are
-        queued by :meth:`accepted` and :meth:`finished`, and written once, from there.
+        At start, ``since`` is this run's start: later lines are queued by
+        :meth:`accepted` and :meth:`finished`, and written once, from there. A sweep
+        passes a moment old enough that any live replica would have written its own.
         """
-        since = self._since
         try:
             while missing := await self._store.unacknowledged(limit=CATCH_UP_BATCH, before=since):
                 batch = [(n, ACCEPTED) for n in missing if not n.acknowledged]
