@@ -58,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=_serve)
 
     dev_smtp = commands.add_parser("dev-smtp", help="run the capture SMTP server alone")
+    dev_smtp.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine)"
+    )
     dev_smtp.add_argument("--port", type=int, help="port (NOTIFIER_DEV_SMTP_PORT, default 1025)")
     dev_smtp.add_argument("--mail-dir", type=Path, help="where .eml files go (./data/mail)")
     dev_smtp.set_defaults(run=_dev_smtp)
@@ -202,9 +205,9 @@ def _dev_smtp(args: argparse.Namespace) -> int:
     stop_signals = {signal.SIGINT, signal.SIGTERM}
     # Blocked before the server thread starts, so only sigwait below receives them.
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
-    server = CaptureServer(mail_dir, port)
+    server = CaptureServer(mail_dir, port, host=args.host)
     server.start()
-    print(f"capture SMTP on 127.0.0.1:{port}, writing to {mail_dir}/ (Ctrl-C stops)", flush=True)
+    print(f"capture SMTP on {args.host}:{port}, writing to {mail_dir}/ (Ctrl-C stops)", flush=True)
     try:
         signal.sigwait(stop_signals)
     finally:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import uvicorn
+import yaml
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from notifier.api.problem import _CODES
@@ -95,6 +96,23 @@ def test_every_variable_the_documentation_names_is_read_by_notifier() -> None:
                 unknown.append(f"{relative(document)}: {name}{hint}")
 
     assert not unknown, "names no setting or client reads:\n" + "\n".join(unknown)
+
+
+def test_the_compose_example_sets_only_settings_and_gives_each_replica_its_own_files() -> None:
+    compose = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text(encoding="utf-8"))
+    replicas = {
+        name: service
+        for name, service in compose["services"].items()
+        if "NOTIFIER_DATABASE_URL" in service.get("environment", {})
+    }
+
+    assert len(replicas) >= 2
+    for name, service in replicas.items():
+        unknown = set(service["environment"]) - settings_variables()
+        assert not unknown, f"{name} sets {unknown}"
+        assert service["environment"]["NOTIFIER_DATABASE_URL"].startswith("postgresql://")
+    data = [v for s in replicas.values() for v in s["volumes"] if v.split(":")[1] == "/data"]
+    assert len(set(data)) == len(replicas), "replicas share an acknowledgment file"
 
 
 # 2. Links

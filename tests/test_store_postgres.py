@@ -202,3 +202,18 @@ async def test_lines_a_dead_replica_never_wrote_are_written_by_a_live_one(
         (orphan.id, "accepted"),
         (orphan.id, "sent"),
     ]
+
+
+async def test_each_replica_enforces_a_keys_rate_limit_on_its_own(
+    make_settings: MakeSettings, postgres_url: str
+) -> None:
+    # Documented in docs/scaling.md: with N replicas a key may make N times the limit.
+    settings = make_settings(database_url=postgres_url, rate_limit_requests_per_minute=2)
+    async with running_app(settings) as first, running_app(settings) as second:
+        answers = [
+            (await replica.get("/v1/notifications")).status_code
+            for replica in (first, second)
+            for _ in range(3)
+        ]
+
+    assert answers == [200, 200, 429, 200, 200, 429]
