@@ -37,8 +37,23 @@ def smtp_handler(smtp: SMTPServer) -> ScriptedHandler:
     return smtp.handler
 
 
+#: The stores an end-to-end module runs on, each test once per store: it opts in with
+#: ``pytestmark = pytest.mark.parametrize("database_url", STORES, indirect=True)``.
+STORES = ["sqlite", "postgresql"]
+
+
 @pytest.fixture
-def make_settings(tmp_path: Path, smtp: SMTPServer) -> MakeSettings:
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The database of the app and processes a test starts: a SQLite file of its own, or
+    (parametrized ``postgresql``) an empty PostgreSQL database of its own."""
+    if getattr(request, "param", "sqlite") == "postgresql":
+        url: str = request.getfixturevalue("postgres_url")
+        return url
+    return f"sqlite:///{tmp_path / 'notifier.db'}"
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, smtp: SMTPServer, database_url: str) -> MakeSettings:
     """Settings against the test SMTP server, with millisecond retries."""
 
     def make(**overrides: Any) -> Settings:
@@ -49,7 +64,7 @@ def make_settings(tmp_path: Path, smtp: SMTPServer) -> MakeSettings:
             "smtp_timeout": 5.0,
             "smtp_local_hostname": "notifier.test",
             "mail_from": "notifier@example.com",
-            "database_url": f"sqlite:///{tmp_path / 'notifier.db'}",
+            "database_url": database_url,
             "ack_file": tmp_path / "acks.jsonl",
             "auth_disabled": True,
             "retry_initial_delay": 0.01,
@@ -143,7 +158,7 @@ async def wait_for(
 
 
 @pytest.fixture
-def service_env(tmp_path: Path, smtp: SMTPServer) -> dict[str, str]:
+def service_env(tmp_path: Path, smtp: SMTPServer, database_url: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")}
     env.update(
         {
@@ -152,7 +167,7 @@ def service_env(tmp_path: Path, smtp: SMTPServer) -> dict[str, str]:
             "NOTIFIER_SMTP_TLS": "none",
             "NOTIFIER_SMTP_LOCAL_HOSTNAME": "notifier.test",
             "NOTIFIER_MAIL_FROM": "notifier@example.com",
-            "NOTIFIER_DATABASE_URL": f"sqlite:///{tmp_path / 'notifier.db'}",
+            "NOTIFIER_DATABASE_URL": database_url,
             "NOTIFIER_ACK_FILE": str(tmp_path / "acks.jsonl"),
             "NOTIFIER_AUTH_DISABLED": "true",
             "NOTIFIER_SEND_CONCURRENCY": "4",

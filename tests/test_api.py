@@ -6,8 +6,10 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import httpx
+import pytest
 
 from tests.conftest import (
+    STORES,
     MakeSettings,
     notification,
     post,
@@ -16,6 +18,9 @@ from tests.conftest import (
     wait_until_in_data,
 )
 from tests.smtp_server import ScriptedHandler
+
+#: Each end-to-end path here runs on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.parametrize("database_url", STORES, indirect=True)
 
 UNKNOWN_ID = "01a1fde9-a2eb-74e1-86b5-597eb64cdee6"
 

@@ -6,9 +6,13 @@ import asyncio
 import time
 
 import httpx
+import pytest
 
-from tests.conftest import MakeSettings, post, running_app, wait_for, wait_until_in_data
+from tests.conftest import STORES, MakeSettings, post, running_app, wait_for, wait_until_in_data
 from tests.smtp_server import DROP, DROP_AFTER_ACCEPT, ScriptedHandler
+
+#: Each end-to-end path here runs on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.parametrize("database_url", STORES, indirect=True)
 
 
 async def test_notification_is_delivered_and_recorded(

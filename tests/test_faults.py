@@ -17,9 +17,12 @@ from typing import Any
 import pytest
 
 from notifier.settings import Settings
-from tests.conftest import MakeSettings, post, running_app, wait_for
+from tests.conftest import STORES, MakeSettings, post, running_app, wait_for
 from tests.raw_smtp import END_OF_DATA, Action, Hangup, RawSMTPServer, Session, verbs
 from tests.tls import PASSWORD, USERNAME, Authority, TLSRelay
+
+#: Each end-to-end path here runs on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.parametrize("database_url", STORES, indirect=True)
 
 ADA = "ada@example.com"
 BOB = "bob@example.com"

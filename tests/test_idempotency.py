@@ -9,9 +9,12 @@ import pytest
 
 from notifier.api.idempotency import IdempotencyGuard
 from notifier.retention import Retention
-from notifier.store import SQLiteStore
-from tests.conftest import MakeSettings, notification, running_app, wait_for
+from notifier.store import store_for
+from tests.conftest import STORES, MakeSettings, notification, running_app, wait_for
 from tests.smtp_server import ScriptedHandler
+
+#: Each end-to-end path here runs on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.parametrize("database_url", STORES, indirect=True)
 
 
 def keyed(key: str) -> dict[str, str]:
@@ -125,7 +128,7 @@ async def test_keys_are_forgotten_after_their_window(make_settings: MakeSettings
     settings = make_settings(message_lifetime=1.0)
     async with running_app(settings) as client:
         first = await client.post("/v1/notifications", json=notification(), headers=keyed("k-5"))
-    store = SQLiteStore(settings.sqlite_path)
+    store = store_for(settings)
     await store.open()
     try:
         window = settings.idempotency_window

@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import MakeSettings, post, running_app, wait_for
+from tests.conftest import STORES, MakeSettings, post, running_app, wait_for
 from tests.smtp_server import ScriptedHandler
+
+#: Each end-to-end path here runs on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.parametrize("database_url", STORES, indirect=True)
 
 UNKNOWN_ID = "01a1fde9-a2eb-74e1-86b5-597eb64cdee6"
 
