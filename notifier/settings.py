@@ -78,6 +78,10 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///./data/notifier.db"
     #: Connections each replica keeps to PostgreSQL at most.
     database_pool_size: int = Field(default=10, ge=2, le=1000)
+    #: Server-side prepared statements on PostgreSQL (cheaper claims and writes); off for
+    #: a PgBouncer in transaction mode that does not track them (before 1.21, or
+    #: ``max_prepared_statements = 0``).
+    database_prepared_statements: bool = True
     ack_file: Path = Path("./data/acknowledgments.jsonl")
 
     # Delivery

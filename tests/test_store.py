@@ -215,6 +215,35 @@ async def test_finish_is_fenced_on_the_lease_owner_and_attempt(store: Store) -> 
     assert await store.count_pending() == 0
 
 
+async def test_outcomes_written_together_are_each_fenced_on_their_own(store: Store) -> None:
+    # All at once, so that a store batching outcomes puts them in one statement: the
+    # stale and foreign outcomes of one notification beside the current one, and the
+    # outcomes of two others.
+    for _ in range(3):
+        await store.add(make_notification())
+    first, second, third = await claim(store, "a", limit=3)
+    for n in (first, second, third):
+        n.status = NotificationStatus.SENT
+        for r in n.recipients:
+            r.status = RecipientStatus.SENT
+
+    results = await asyncio.gather(
+        store.finish_attempt(first, lease_owner="b"),
+        store.finish_attempt(replace(first, attempt_count=0), lease_owner="a"),
+        store.finish_attempt(first, lease_owner="a"),
+        store.finish_attempt(second, lease_owner="a"),
+        store.finish_attempt(replace(third, attempt_count=5), lease_owner="a"),
+    )
+
+    assert list(results) == [False, False, True, True, False]
+    stored = [await store.get(n.id) for n in (first, second, third)]
+    assert [n.status if n else None for n in stored] == [
+        NotificationStatus.SENT,
+        NotificationStatus.SENT,
+        NotificationStatus.SENDING,
+    ]
+
+
 async def test_expired_lease_is_reclaimed_with_an_interrupted_attempt(store: Store) -> None:
     await store.add(make_notification())
     (first,) = await claim(store, "a", lease=SHORT)

@@ -217,3 +217,24 @@ async def test_each_replica_enforces_a_keys_rate_limit_on_its_own(
         ]
 
     assert answers == [200, 200, 429, 200, 200, 429]
+
+
+@pytest.mark.parametrize("prepared", [True, False])
+async def test_prepared_statements_can_be_turned_off_for_pgbouncer(
+    postgres_url: str, prepared: bool
+) -> None:
+    # Sequential calls, so the pool's one connection serves them all; prepared statements
+    # are that session's own.
+    store = PostgresStore(postgres_url, pool_size=2, prepared_statements=prepared)
+    await store.open()
+    try:
+        n = make_notification()
+        await store.add(n)
+        for _ in range(10):
+            assert await store.get(n.id) is not None
+        row = await store._fetch_one("SELECT count(*) AS n FROM pg_prepared_statements")
+    finally:
+        await store.close()
+
+    assert row is not None
+    assert (row["n"] > 0) is prepared

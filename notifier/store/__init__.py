@@ -13,6 +13,7 @@ def store_for(settings: Settings) -> Store:
         return PostgresStore(
             settings.database_url,
             pool_size=settings.database_pool_size,
+            prepared_statements=settings.database_prepared_statements,
             timeout=settings.store_busy_timeout,
         )
     return SQLiteStore(settings.sqlite_path, busy_timeout=settings.store_busy_timeout)

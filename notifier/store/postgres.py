@@ -12,7 +12,8 @@ back. Times a replica records for people to read (``created_at``, an attempt's
 ``started_at``) stay on its clock.
 
 Inserts without an ``Idempotency-Key`` that arrive together share one statement and one
-commit (:class:`_InsertBatches`), as SQLite's writer thread does. psycopg 3 rather than
+commit, and so do attempts' outcomes (:class:`_Batches`), as SQLite's writer thread
+does. psycopg 3 rather than
 asyncpg: claims cost the same with both, and psycopg works behind PgBouncer in
 transaction mode with no settings (``docs/scaling.md``).
 """
@@ -26,7 +27,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import psycopg
 from psycopg.rows import dict_row
@@ -51,6 +52,8 @@ from notifier.store.rows import (
 )
 
 T = TypeVar("T")
+Item = TypeVar("Item")
+Result = TypeVar("Result")
 
 log = logging.getLogger(__name__)
 
@@ -188,16 +191,24 @@ UPDATE notifications SET
 WHERE status = 'sending' AND lease_owner = %(owner)s AND id = ANY(%(ids)s)
 """  # noqa: S608 - NOW is a constant
 
-#: ``visible_at`` is the database's ``now`` plus the retry's delay (``%(delay)s``).
-FINISH = f"""
-UPDATE notifications SET
-    status = %(status)s, recipients = %(recipients)s, attempts = %(attempts)s::jsonb,
-    visible_at = CASE WHEN %(terminal)s THEN NULL ELSE {NOW} + %(delay)s END,
-    next_attempt_at = %(next_attempt_at)s,
-    last_error = %(last_error)s, updated_at = %(updated_at)s,
+#: Attempts' outcomes, a batch in one statement: ``%s`` is a JSON array of objects, one
+#: per outcome. Each is written only if its lease still holds (same owner, same attempt);
+#: the ordinals (``i``) returned are those of the outcomes written. A retry's
+#: ``visible_at`` is the database's ``now`` plus the retry's delay.
+FINISH_BATCH = f"""
+UPDATE notifications AS n SET
+    status = b.status, recipients = b.recipients, attempts = b.attempts::jsonb,
+    visible_at = CASE WHEN b.terminal THEN NULL ELSE {NOW} + b.delay END,
+    next_attempt_at = b.next_attempt_at,
+    last_error = b.last_error, updated_at = b.updated_at,
     lease_owner = NULL, lease_started_at = NULL,
-    ack_final = CASE WHEN %(terminal)s THEN false ELSE NULL END
-WHERE id = %(id)s AND lease_owner = %(lease_owner)s AND attempt_count = %(attempt_count)s
+    ack_final = CASE WHEN b.terminal THEN false ELSE NULL END
+FROM jsonb_to_recordset(%s::jsonb) AS b(
+    id text, status text, recipients text, attempts text, terminal boolean,
+    delay double precision, next_attempt_at double precision, last_error text,
+    updated_at double precision, lease_owner text, attempt_count integer, i integer)
+WHERE n.id = b.id AND n.lease_owner = b.lease_owner AND n.attempt_count = b.attempt_count
+RETURNING b.i
 """  # noqa: S608 - NOW is a constant
 
 REWRITE = f"""
@@ -210,10 +221,10 @@ UPDATE notifications SET
 WHERE id = %(id)s
 """  # noqa: S608 - NOW is a constant
 
-#: Rows one bulk insert takes at most.
+#: Rows one batched statement takes at most.
 MAX_BATCH = 512
-#: Bulk inserts in flight at once, each on its own pooled connection.
-MAX_INSERTS_IN_FLIGHT = 4
+#: Batched statements of one kind in flight at once, each on its own pooled connection.
+MAX_BATCHES_IN_FLIGHT = 4
 
 
 def connection_url(url: str) -> str:
@@ -227,13 +238,24 @@ class PostgresStore:
     #: Other replicas may be sending: leases are left to run out, never released by start-up.
     exclusive = False
 
-    def __init__(self, url: str, *, pool_size: int = 10, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 10,
+        timeout: float = 5.0,
+        prepared_statements: bool = True,
+    ) -> None:
         self._url = connection_url(url)
         self._pool_size = pool_size
+        # psycopg prepares a statement on a connection once it has run it five times;
+        # None never does, as a PgBouncer in transaction mode may require.
+        self._prepare_threshold: int | None = 5 if prepared_statements else None
         self._timeout = timeout
         self._pool: AsyncConnectionPool[psycopg.AsyncConnection[dict[str, Any]]] | None = None
         self._failure: str | None = None
-        self._inserts = _InsertBatches(self)
+        self._inserts: _Batches[dict[str, Any], None] = _Batches(self._insert_batch)
+        self._outcomes: _Batches[dict[str, Any], bool] = _Batches(self._finish_batch)
         self._listener: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
@@ -243,7 +265,11 @@ class PostgresStore:
             max_size=self._pool_size,
             open=False,
             timeout=self._timeout,
-            kwargs={"row_factory": dict_row, "connect_timeout": max(1, round(self._timeout))},
+            kwargs={
+                "row_factory": dict_row,
+                "connect_timeout": max(1, round(self._timeout)),
+                "prepare_threshold": self._prepare_threshold,
+            },
             connection_class=psycopg.AsyncConnection[dict[str, Any]],
             name="notifier",
         )
@@ -303,6 +329,7 @@ class PostgresStore:
                 await self._listener
             self._listener = None
         await self._inserts.drain()
+        await self._outcomes.drain()
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -453,23 +480,23 @@ class PostgresStore:
 
     async def finish_attempt(self, notification: Notification, *, lease_owner: str) -> bool:
         n = notification
-        params = {
-            "id": n.id,
-            "status": n.status.value,
-            "recipients": recipients_json(n.recipients),
-            "attempts": attempts_json(n.attempts),
-            "terminal": n.status.terminal,
-            # The retry's delay, from the moment the outcome was judged (on this replica's
-            # clock): the database adds it to its own now.
-            "delay": max(0.0, (n.next_attempt_at or n.updated_at) - n.updated_at),
-            "next_attempt_at": n.next_attempt_at,
-            "last_error": n.last_error,
-            "updated_at": n.updated_at,
-            "lease_owner": lease_owner,
-            "attempt_count": n.attempt_count,
-        }
-        changed = await self._write(_rowcount(FINISH, params))
-        return changed == 1
+        return await self._outcomes.add(
+            {
+                "id": n.id,
+                "status": n.status.value,
+                "recipients": recipients_json(n.recipients),
+                "attempts": attempts_json(n.attempts),
+                "terminal": n.status.terminal,
+                # The retry's delay, from the moment the outcome was judged (on this
+                # replica's clock): the database adds it to its own now.
+                "delay": max(0.0, (n.next_attempt_at or n.updated_at) - n.updated_at),
+                "next_attempt_at": n.next_attempt_at,
+                "last_error": n.last_error,
+                "updated_at": n.updated_at,
+                "lease_owner": lease_owner,
+                "attempt_count": n.attempt_count,
+            }
+        )
 
     async def extend_leases(self, *, owner: str, ids: Sequence[str], until: float) -> None:
         sql = (
@@ -522,9 +549,8 @@ class PostgresStore:
         rows = await self._fetch_all(sql, (before, before, limit))
         return [from_row(r) for r in rows]
 
-    async def insert_batch(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Commit these new notifications in one statement, and announce them once
-        (see :class:`_InsertBatches`)."""
+    async def _insert_batch(self, rows: Sequence[dict[str, Any]]) -> list[None]:
+        """New notifications in one statement and one commit, announced once."""
         payload = dump([{c: row[c] for c in INSERT_COLUMNS} for row in rows])
 
         async def insert(c: psycopg.AsyncConnection[dict[str, Any]]) -> int:
@@ -533,6 +559,23 @@ class PostgresStore:
             return inserted
 
         await self._write(insert)
+        return [None] * len(rows)
+
+    async def _finish_batch(self, outcomes: Sequence[dict[str, Any]]) -> list[bool]:
+        """Outcomes in one statement and one commit; for each, whether its lease held.
+        Retries that became due are not announced: they are due after a delay, and
+        polling finds them then."""
+
+        # Numbered: two outcomes for one notification (a stale one and the current one)
+        # may share a batch, and only the one whose lease holds is written.
+        payload = dump([{**outcome, "i": i} for i, outcome in enumerate(outcomes)])
+
+        async def finish(c: psycopg.AsyncConnection[dict[str, Any]]) -> set[int]:
+            rows = await (await c.execute(FINISH_BATCH, (payload,))).fetchall()
+            return {row["i"] for row in rows}
+
+        written = await self._write(finish)
+        return [i in written for i in range(len(outcomes))]
 
     async def _fetch_one(self, sql: str, params: Sequence[object] = ()) -> dict[str, Any] | None:
         async def fetch(c: psycopg.AsyncConnection[dict[str, Any]]) -> dict[str, Any] | None:
@@ -578,54 +621,54 @@ class PostgresStore:
             raise StoreError(f"database error: {_reason(exc)}") from exc
 
 
-class _InsertBatches:
-    """New notifications that arrive together go in one statement and one commit.
+class _Batches(Generic[Item, Result]):
+    """Calls that arrive together go in one statement and one commit.
 
-    A request waits for the commit of the batch its row went into; a few batches may be
-    in flight at once, each on its own connection, so a slow commit does not hold up
-    every other request.
+    ``run`` takes a batch and gives one result per item, in order. A caller waits for the
+    commit of the batch its item went into; a few batches may be in flight at once, each
+    on its own connection, so a slow commit does not hold up every other caller.
     """
 
-    def __init__(self, store: PostgresStore) -> None:
-        self._store = store
-        self._waiting: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
+    def __init__(self, run: Callable[[list[Item]], Awaitable[Sequence[Result]]]) -> None:
+        self._run = run
+        self._waiting: list[tuple[Item, asyncio.Future[Result]]] = []
         self._in_flight: set[asyncio.Task[None]] = set()
 
-    async def add(self, row: dict[str, Any]) -> None:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.append((row, future))
-        if len(self._in_flight) < MAX_INSERTS_IN_FLIGHT:
+    async def add(self, item: Item) -> Result:
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._waiting.append((item, future))
+        if len(self._in_flight) < MAX_BATCHES_IN_FLIGHT:
             self._start()
-        await future
+        return await future
 
     async def drain(self) -> None:
         while self._in_flight:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
 
     def _start(self) -> None:
-        task = asyncio.create_task(self._insert())
+        task = asyncio.create_task(self._run_batch())
         self._in_flight.add(task)
         task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
-        if self._waiting and len(self._in_flight) < MAX_INSERTS_IN_FLIGHT:
+        if self._waiting and len(self._in_flight) < MAX_BATCHES_IN_FLIGHT:
             self._start()
 
-    async def _insert(self) -> None:
+    async def _run_batch(self) -> None:
         batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
         if not batch:
             return
         try:
-            await self._store.insert_batch([row for row, _ in batch])
-        except Exception as exc:  # noqa: BLE001 - every waiting request gets the failure
+            results = await self._run([item for item, _ in batch])
+        except Exception as exc:  # noqa: BLE001 - every waiting caller gets the failure
             for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
             return
-        for _, future in batch:
+        for (_, future), result in zip(batch, results, strict=True):
             if not future.done():
-                future.set_result(None)
+                future.set_result(result)
 
 
 def _rowcount(
