@@ -11,7 +11,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from benchmarks import procs, services, workload
+from benchmarks import services, workload
+from benchmarks.load import CpuSource
 from benchmarks.measure import Figure, num, ratio
 from benchmarks.section import Bench, Row
 
@@ -27,6 +28,8 @@ class Window:
     sink_ms: float
     #: Connections the sink saw opened in the window.
     connections: int
+    #: CPU of each of the ``meters`` given, ms per message.
+    meters_ms: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -56,22 +59,26 @@ class SenderFigures:
 
 def measure_window(
     sink: services.Sink,
-    proc: procs.Proc,
+    proc: CpuSource,
     *,
     start_after: int,
     seconds: float,
     stop_at: int | None = None,
     timeout: float = 120.0,
+    meters: Mapping[str, CpuSource] | None = None,
 ) -> Window:
     """The window opens once the sink holds ``start_after`` messages and lasts ``seconds``.
 
-    It closes early at ``stop_at`` messages, if the backlog would run out first.
+    It closes early at ``stop_at`` messages, if the backlog would run out first. ``proc``
+    is the sender; ``meters`` are other processes whose CPU is shared out per message.
     """
+    meters = meters or {}
     base, t0 = sink.wait_for(start_after, timeout)
     if base < start_after:
         raise RuntimeError(f"deliveries did not start: {base} of {start_after} after {timeout} s")
     _, conns0 = sink.count()
     cpu0, sink_cpu0 = proc.cpu_seconds(), sink.proc.cpu_seconds()
+    meters0 = {name: meter.cpu_seconds() for name, meter in meters.items()}
     give_up = t0 + seconds
     count, now = base, t0
     while now < give_up and (stop_at is None or count < stop_at):
@@ -79,6 +86,7 @@ def measure_window(
         count, _ = sink.count()
         now = time.monotonic()
     cpu1, sink_cpu1 = proc.cpu_seconds(), sink.proc.cpu_seconds()
+    meters1 = {name: meter.cpu_seconds() for name, meter in meters.items()}
     _, conns1 = sink.count()
     delivered = count - base
     if delivered <= 0:
@@ -88,6 +96,7 @@ def measure_window(
         1000 * (cpu1 - cpu0) / delivered,
         1000 * (sink_cpu1 - sink_cpu0) / delivered,
         conns1 - conns0,
+        {name: 1000 * (meters1[name] - meters0[name]) / delivered for name in meters},
     )
 
 

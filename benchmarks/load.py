@@ -13,8 +13,10 @@ import math
 import resource
 import shutil
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from benchmarks import procs, workload
 
@@ -38,6 +40,12 @@ f:close()
 """
 
 
+class CpuSource(Protocol):
+    """Something whose CPU time can be read: a process, or a group of them."""
+
+    def cpu_seconds(self) -> float: ...
+
+
 @dataclass
 class LoadResult:
     tool: str
@@ -55,6 +63,8 @@ class LoadResult:
     server_cores: float = math.nan
     first_send_wall: float = math.nan
     extra: dict[str, object] = field(default_factory=dict)
+    #: CPU of each of the ``meters`` given, in cores, over the measured window.
+    cores: dict[str, float] = field(default_factory=dict)
 
 
 def wrk_path() -> str | None:
@@ -160,7 +170,7 @@ class Loader:
 
     def python_argv(
         self,
-        port: int,
+        port: int | Sequence[int],
         connections: int,
         out: Path,
         *,
@@ -173,7 +183,9 @@ class Loader:
         record_ids: Path | None = None,
         warmup: float = 0.0,
     ) -> list[str]:
-        argv = [procs.PYTHON, "-m", "benchmarks.loadgen", "--port", str(port)]
+        ports = [port] if isinstance(port, int) else port
+        argv = [procs.PYTHON, "-m", "benchmarks.loadgen"]
+        argv += [arg for p in ports for arg in ("--port", str(p))]
         argv += ["--connections", str(connections), "--out", str(out), "--path", path]
         argv += ["--seconds", f"{seconds:g}"] if seconds is not None else ["--count", str(count)]
         if warmup:
@@ -190,7 +202,7 @@ class Loader:
 
     def python(
         self,
-        port: int,
+        port: int | Sequence[int],
         connections: int,
         *,
         seconds: float | None = None,
@@ -198,10 +210,12 @@ class Loader:
         path: str = "/v1/notifications",
         post: bool = True,
         record_ids: Path | None = None,
-        server: procs.Proc | None = None,
+        server: CpuSource | None = None,
+        meters: Mapping[str, CpuSource] | None = None,
         timeout: float = 600.0,
     ) -> LoadResult:
-        """Run the Python generator; with ``server``, measure its CPU over the window."""
+        """Run the Python generator (over several ports: connections dealt out in turn);
+        with ``server`` and ``meters``, measure their CPU over the window."""
         out = self.work / "loadgen.json"
         out.unlink(missing_ok=True)
         argv = self.python_argv(
@@ -219,13 +233,14 @@ class Loader:
         proc = procs.Proc("python load generator", argv, log=log).start()
         assert proc.process is not None
         give_up = time.monotonic() + timeout + (seconds or 0.0)
-        marks: dict[str, tuple[float, float]] = {}
+        sources = {**(meters or {}), **({"": server} if server is not None else {})}
+        marks: dict[str, tuple[float, dict[str, float]]] = {}
         try:
             while proc.process.poll() is None and time.monotonic() < give_up:
                 text = log.read_text(errors="replace") if log.exists() else ""
                 for word in ("GO", "END"):
                     if word not in marks and f"{word}\n" in text:
-                        cpu = server.cpu_seconds() if server is not None else math.nan
+                        cpu = {name: source.cpu_seconds() for name, source in sources.items()}
                         marks[word] = (time.monotonic(), cpu)
                 time.sleep(0.005)
             if proc.process.poll() is None:
@@ -235,9 +250,11 @@ class Loader:
         if not out.exists():
             raise RuntimeError(f"load generator failed: {proc.log_text()}")
         result = parse_python(json.loads(out.read_text()))
-        if server is not None and "GO" in marks and "END" in marks:
+        if "GO" in marks and "END" in marks:
             (t0, cpu0), (t1, cpu1) = marks["GO"], marks["END"]
-            result.server_cores = (cpu1 - cpu0) / (t1 - t0) if t1 > t0 else math.nan
+            cores = {k: (cpu1[k] - cpu0[k]) / (t1 - t0) if t1 > t0 else math.nan for k in cpu0}
+            result.server_cores = cores.pop("", math.nan)
+            result.cores = cores
         return result
 
 

@@ -1,15 +1,17 @@
 """A keep-alive HTTP/1.1 load generator on raw asyncio sockets, run in its own process.
 
-    python -m benchmarks.loadgen --port P --connections 64 (--seconds S | --count N)
-        [--post-body FILE] [--path /v1/notifications] [--paths-file FILE]
-        [--rate PER_CONNECTION_PER_SECOND] [--warmup S] [--record-ids FILE] --out FILE
+    python -m benchmarks.loadgen --port P [--port P2 ...] --connections 64
+        (--seconds S | --count N) [--post-body FILE] [--path /v1/notifications]
+        [--paths-file FILE] [--rate PER_CONNECTION_PER_SECOND] [--warmup S]
+        [--record-ids FILE] --out FILE
 
-Each connection sends one request, reads the whole response (status line,
-``content-length``), and sends the next: no pipelining, no HTTP library. With
-``--rate`` each connection paces itself instead of going flat out (a probe, not a
-load). ``--record-ids`` writes ``<id>\\t<epoch seconds>`` for every ``202``, taken
-when the answer arrived. It prints ``GO`` when the measured window opens and ``END``
-when it closes; the result is one JSON object written to ``--out``.
+With several ``--port``, the connections are dealt out over them in turn (a round-robin
+balancer in front of replicas). Each connection sends one request, reads the whole
+response (status line, ``content-length``), and sends the next: no pipelining, no HTTP
+library. With ``--rate`` each connection paces itself instead of going flat out (a
+probe, not a load). ``--record-ids`` writes ``<id>\\t<epoch seconds>`` for every
+``202``, taken when the answer arrived. It prints ``GO`` when the measured window opens
+and ``END`` when it closes; the result is one JSON object written to ``--out``.
 """
 
 from __future__ import annotations
@@ -161,7 +163,7 @@ def _percentile(ordered: list[float], q: float) -> float:
 
 
 def build_requests(args: argparse.Namespace) -> list[bytes]:
-    host = f"Host: 127.0.0.1:{args.port}\r\n".encode()
+    host = f"Host: 127.0.0.1:{args.port[0]}\r\n".encode()
     if args.post_body:
         body = Path(args.post_body).read_bytes()
         head = (
@@ -194,9 +196,9 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         record=args.record_ids is not None,
     )
     connections: list[Connection] = []
-    for _ in range(args.connections):
+    for i in range(args.connections):
         _, protocol = await loop.create_connection(
-            lambda: Connection(shared, interval), "127.0.0.1", args.port
+            lambda: Connection(shared, interval), "127.0.0.1", args.port[i % len(args.port)]
         )
         connections.append(protocol)
     start = max(start, time.perf_counter())
@@ -248,7 +250,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--port", type=int, action="append", required=True)
     parser.add_argument("--connections", type=int, default=64)
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--seconds", type=float)

@@ -71,9 +71,10 @@ def _ours_seconds() -> float:
     for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
         usage = resource.getrusage(who)
         total += usage.ru_utime + usage.ru_stime
-    for proc in list(procs._RUNNING):
+    readers = [proc.cpu_seconds for proc in list(procs._RUNNING)] + list(procs.ALSO_OURS)
+    for read in readers:
         try:
-            total += proc.cpu_seconds()
+            total += read()
         except (OSError, IndexError, ValueError):
             continue
     return total

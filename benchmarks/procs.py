@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -23,6 +24,9 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PYTHON = sys.executable
 
 _RUNNING: list[Proc] = []
+#: CPU readers of processes the run started some other way (PostgreSQL, through
+#: ``runuser``), counted as the run's own rather than as the machine's other load.
+ALSO_OURS: list[Callable[[], float]] = []
 
 
 class CommandLog:
@@ -135,10 +139,34 @@ def stop_all() -> None:
 
 
 def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rpartition(")")[2].split()
-    # Fields 14 and 15 of proc(5), counted from after the command name (field 3 is [0]).
+    fields = _stat_fields(pid)
+    # utime and stime: fields 14 and 15 of proc(5).
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU of ``pid`` and of every process under it, those that have exited included
+    (their time is in their parent's ``cutime``/``cstime`` once reaped): PostgreSQL's
+    server is a postmaster and the processes it forks."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                children.setdefault(int(_stat_fields(int(entry))[1]), []).append(int(entry))
+    ticks, pending = 0, [pid]
+    while pending:
+        current = pending.pop()
+        with contextlib.suppress(OSError):  # one that exited meanwhile is in its parent's
+            # utime, stime, cutime, cstime: fields 14 to 17 of proc(5).
+            ticks += sum(int(field) for field in _stat_fields(current)[11:15])
+            pending += children.get(current, [])
+    return ticks / CLOCK_TICKS
+
+
+def _stat_fields(pid: int) -> list[str]:
+    """The fields of ``/proc/PID/stat`` after the command name (field 3 of proc(5) is [0])."""
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rpartition(")")[2].split()
 
 
 def _status_kb(pid: int, key: str) -> float:

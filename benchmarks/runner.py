@@ -3,7 +3,7 @@
 Environment:
 
 - ``BENCH_QUICK=1``: a smoke run of a minute or two (fewer, shorter rounds, smaller counts).
-- ``BENCH_ONLY=1,3``: run only these sections (keys ``0 1 2 2b 3 4 5a 5b 6``).
+- ``BENCH_ONLY=1,3``: run only these sections (keys ``0 1 2 2b 3 4 5a 5b 6 7``).
 - ``BENCH_LOADGEN=python``: use the Python generator even when wrk is installed.
 - ``BENCH_OUTPUT=path``: write the report there instead of ``benchmarks/RESULTS.md``.
 
@@ -36,6 +36,7 @@ from benchmarks import (
     procs,
     relay_latency,
     report,
+    scale_out,
 )
 from benchmarks.load import Loader
 from benchmarks.measure import Figure, LoadWatch
@@ -44,7 +45,7 @@ from benchmarks.section import Bench, Plan, Result
 HERE = Path(__file__).resolve().parent
 
 #: The sections, in the order they run.
-KEYS = ("0", "1", "2", "2b", "3", "4", "5a", "5b", "6")
+KEYS = ("0", "1", "2", "2b", "3", "4", "5a", "5b", "6", "7")
 
 R = TypeVar("R", bound=Result)
 
@@ -101,6 +102,7 @@ def _run_sections(s: _Sections) -> None:
         end_to_end=e2e.figures.cpu_ms if e2e else Figure(),
     )
     s.run("6", lambda b: cpu_profile.measure(b, cpu))
+    s.run("7", scale_out.measure)
 
 
 def main() -> int:

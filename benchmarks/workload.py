@@ -17,6 +17,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 from notifier.domain import (
     Address,
     Attempt,
@@ -26,7 +28,8 @@ from notifier.domain import (
 )
 from notifier.message import message_id_for, render
 from notifier.schemas import NotificationRequest
-from notifier.store import SQLiteStore
+from notifier.store import SQLiteStore, Store
+from notifier.store.postgres import PostgresStore
 
 SENDER = "bench@example.com"
 LIFETIME = 3 * 24 * 3600.0
@@ -72,15 +75,22 @@ def seed_queued(db: Path, count: int) -> list[str]:
     The "accepted" acknowledgment is marked as written, as it would be by the time a
     backlog is delivered, so the start-up catch-up does not compete with delivery.
     """
-    ids = asyncio.run(_seed_queued(db, count))
+    ids = asyncio.run(_seed_queued(SQLiteStore(db), count))
     with sqlite3.connect(db) as connection:
         connection.execute("UPDATE notifications SET ack_accepted = 1 WHERE ack_accepted = 0")
     connection.close()
     return ids
 
 
-async def _seed_queued(db: Path, count: int) -> list[str]:
-    store = SQLiteStore(db)
+def seed_queued_postgres(url: str, count: int) -> list[str]:
+    """:func:`seed_queued` into the PostgreSQL database at ``url``."""
+    ids = asyncio.run(_seed_queued(PostgresStore(url), count))
+    with psycopg.connect(url, autocommit=True) as connection:
+        connection.execute("UPDATE notifications SET ack_accepted = true WHERE NOT ack_accepted")
+    return ids
+
+
+async def _seed_queued(store: Store, count: int) -> list[str]:
     await store.open()
     body = request()
     ids: list[str] = []
