@@ -15,7 +15,7 @@ from email.utils import format_datetime
 
 from notifier.domain import Content
 from notifier.wire import WIRE_POLICY as WIRE_POLICY
-from notifier.wire import header_address, render_fast, unstructured
+from notifier.wire import header_address, make_boundary, render_fast, unstructured
 
 #: For internationalised addresses (RFC 6532): UTF-8 headers, sent only with SMTPUTF8.
 UTF8_POLICY = email.policy.SMTP.clone(utf8=True)
@@ -51,6 +51,13 @@ def render(content: Content, *, message_id: str, created_at: float) -> bytes:
     if fast is not None:
         return fast
     message = build_message(content, message_id=message_id, created_at=created_at)
+    if message.is_multipart():
+        # The same boundary on every attempt, as the fast path draws it.
+        bodies = [
+            (content.text or "").encode(errors="replace"),
+            (content.html or "").encode(errors="replace"),
+        ]
+        message.set_boundary(make_boundary(*bodies, seed=message_id).decode("ascii"))
     return message.as_bytes(policy=_policy(content))
 
 

@@ -66,7 +66,7 @@ def render_fast(content: Content, *, message_id: str, created_at: float) -> byte
     if content.needs_smtputf8 or not content.to or not _headers_safe(content, message_id):
         return None
     try:
-        body = _body(content)
+        body = _body(content, message_id)
     except UnicodeEncodeError:  # a lone surrogate: the package raises, let it say so
         return None
     return b"".join(_headers(content, message_id, created_at)) + body
@@ -107,10 +107,15 @@ def unstructured(name: str, value: str) -> str:
     return LiteralText(name, value) if "=?" in value else value
 
 
-def make_boundary(*parts: bytes) -> bytes:
-    """A boundary as the generator makes one, and found in none of ``parts``."""
+def make_boundary(*parts: bytes, seed: str | None = None) -> bytes:
+    """A boundary as the generator makes one, and found in none of ``parts``.
+
+    With a ``seed`` (the Message-ID), the same for every rendering of one message, so
+    that a retry sends the very bytes of the first attempt.
+    """
+    draw = random.Random(seed).randrange if seed is not None else random.randrange  # noqa: S311
     while True:
-        token = random.randrange(sys.maxsize)  # noqa: S311 - unique, not secret
+        token = draw(sys.maxsize)  # unique, not secret
         boundary = f"==============={token:0{_BOUNDARY_DIGITS}d}==".encode()
         if not any(boundary in part for part in parts):
             return boundary
@@ -219,20 +224,20 @@ def _message_id_header(message_id: str) -> bytes:
     return _folded("Message-ID", message_id)
 
 
-def _body(content: Content) -> bytes:
+def _body(content: Content, message_id: str) -> bytes:
     """The MIME headers and body ``notifier.message`` sets with ``set_content``."""
     if content.text is not None and content.html is not None:
-        return _alternative(content.text, content.html)
+        return _alternative(content.text, content.html, message_id)
     if content.html is not None:
         return _text_part(content.html, "html", mime_version=True)
     return _text_part(content.text or "", "plain", mime_version=True)
 
 
-def _alternative(text: str, html: str) -> bytes:
+def _alternative(text: str, html: str, message_id: str) -> bytes:
     """``multipart/alternative``; the package adds MIME-Version to the html part too."""
     plain = _text_part(text, "plain", mime_version=False)
     rich = _text_part(html, "html", mime_version=True)
-    boundary = make_boundary(plain, rich)
+    boundary = make_boundary(plain, rich, seed=message_id)
     delimiter = b"--" + boundary
     return b"".join(
         (

@@ -137,6 +137,24 @@ def test_single_part_message_renders_to_the_same_bytes_every_time() -> None:
     assert wire(CONTENT) == wire(CONTENT)
 
 
+@pytest.mark.parametrize(
+    "content",
+    [
+        replace(CONTENT, html="<p>Hello Ada</p>"),
+        # Written by the email package, not notifier.wire: an SMTPUTF8 address.
+        replace(CONTENT, html="<p>Hello Jörg</p>", to=(Address("jörg@example.com"),)),
+    ],
+    ids=["fast-path", "email-package"],
+)
+def test_a_multipart_message_renders_to_the_same_bytes_every_time(content: Content) -> None:
+    # The boundary is drawn from the Message-ID: every retry sends the first attempt's bytes.
+    first = wire(content)
+
+    assert wire(content) == first
+    assert render(content, message_id="<other@example.com>", created_at=CREATED_AT) != first
+    assert parse(first).get_content_type() == "multipart/alternative"
+
+
 def test_date_is_the_creation_time_in_utc() -> None:
     message = parse(wire(CONTENT))
 
