@@ -34,7 +34,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     NOTIFIER_PORT=8000 \
     NOTIFIER_DATABASE_URL=sqlite:////data/notifier.db \
     NOTIFIER_ACK_FILE=/data/acknowledgments.jsonl \
-    NOTIFIER_DEV_MAIL_DIR=/data/mail
+    NOTIFIER_DEV_MAIL_DIR=/data/mail \
+    NOTIFIER_TEMPLATE_DIR=/etc/notifier/templates
 
 RUN groupadd --system --gid 10001 notifier \
  && useradd --system --uid 10001 --gid notifier --home-dir /data --no-create-home \
@@ -43,6 +44,8 @@ RUN groupadd --system --gid 10001 notifier \
  && chown notifier:notifier /data
 
 COPY --from=builder /opt/venv /opt/venv
+# The example templates; mount your own folder over /etc/notifier/templates.
+COPY config/templates /etc/notifier/templates
 
 # A new named volume starts as a copy of /data, owned by uid 10001.
 WORKDIR /data

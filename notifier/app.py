@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -11,7 +14,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 
 from notifier import __version__
-from notifier.api import health, metrics, notifications, problem
+from notifier.api import health, metrics, notifications, problem, templates
 from notifier.api.backpressure import Backpressure
 from notifier.api.idempotency import IdempotencyGuard
 from notifier.api.limits import BodySizeLimit
@@ -27,12 +30,12 @@ from notifier.dispatch.policy import RetryPolicy
 from notifier.dispatch.relay import RelayMonitor
 from notifier.dispatch.smtp import RelayConfig, SMTPTransport
 from notifier.domain import Notification
-from notifier.keys import KeyRing
 from notifier.metrics import Metrics
-from notifier.preflight import preflight
+from notifier.preflight import Prepared, preflight
 from notifier.retention import Retention
 from notifier.settings import Settings
 from notifier.store import Store, store_for
+from notifier.templates import Templates
 
 #: Writes of what already happened (acknowledgment lines, attempt outcomes) back off like
 #: deliveries when they fail, but never wait longer than this.
@@ -42,18 +45,20 @@ WRITE_RETRY_MAX = 30.0
 RELAY_PROBE_INITIAL = 2.0
 RELAY_PROBE_MAX = 300.0
 
+log = logging.getLogger(__name__)
+
 
 def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
     """The service; everything stateful is created and closed by the lifespan.
 
     ``store`` is the one named by ``NOTIFIER_DATABASE_URL`` unless given (unopened).
     """
-    keys = preflight(settings)
+    prepared = preflight(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            app.state.services, lifecycle = await _start(settings, keys, stack, store)
+            app.state.services, lifecycle = await _start(settings, prepared, stack, store)
             app.state.begin_shutdown = lifecycle.begin_shutdown
             try:
                 yield
@@ -67,7 +72,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
         summary="Accept notifications over HTTP, store them durably, deliver them over SMTP.",
         lifespan=lifespan,
     )
-    for router in (notifications.router, health.router, metrics.router):
+    for router in (notifications.router, templates.router, health.router, metrics.router):
         _add_routes(app, router)
     # FastAPI put its documentation routes first; every request was matched against them.
     app.router.routes.sort(key=lambda route: not isinstance(route, APIRoute))
@@ -115,9 +120,11 @@ class _Lifecycle:
 
 
 async def _start(
-    settings: Settings, keys: KeyRing, stack: AsyncExitStack, store: Store | None
+    settings: Settings, prepared: Prepared, stack: AsyncExitStack, store: Store | None
 ) -> tuple[Services, _Lifecycle]:
     """Start every part in dependency order; the stack stops them in reverse."""
+    library = Templates(prepared.templates)
+    _on_sighup(library.reload, stack)
     if settings.dev:
         capture = CaptureServer(settings.dev_mail_dir, settings.dev_smtp_port)
         capture.start()
@@ -199,8 +206,29 @@ async def _start(
         },
         backpressure=Backpressure(store, settings.max_pending),
         idempotency=IdempotencyGuard(),
-        keys=keys,
+        keys=prepared.keys,
         rate_limiter=RateLimiter(settings),
         metrics=metrics,
+        templates=library,
     )
     return services, lifecycle
+
+
+def _on_sighup(reload: Callable[[], None], stack: AsyncExitStack) -> None:
+    """SIGHUP reads the templates again, as daemons reread their files on it.
+
+    Only where the loop can take signals (its thread is the main one): an app run
+    in-process by a test in another thread goes without.
+    """
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGHUP, reload)
+    except (RuntimeError, ValueError, NotImplementedError) as exc:
+        log.debug("no SIGHUP handler (%s): templates are read at start-up only", exc)
+        return
+    stack.callback(lambda: _remove_handler(loop, signal.SIGHUP))
+
+
+def _remove_handler(loop: asyncio.AbstractEventLoop, sig: int) -> None:
+    with contextlib.suppress(RuntimeError, ValueError):
+        loop.remove_signal_handler(sig)

@@ -70,9 +70,13 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--cc", action="append", default=[])
     send.add_argument("--bcc", action="append", default=[])
     send.add_argument("--from", dest="sender")
-    send.add_argument("--subject", default="")
+    send.add_argument("--subject")
     send.add_argument("--text")
     send.add_argument("--html")
+    send.add_argument("--template", help="a template's name, instead of --subject/--text/--html")
+    send.add_argument(
+        "--data", type=_json_object, help='the template\'s values, as JSON: \'{"name": "Ada"}\''
+    )
     _client_options(send)
     send.set_defaults(run=_send)
 
@@ -247,11 +251,28 @@ def _health(args: argparse.Namespace) -> int:
 
 
 def _send(args: argparse.Namespace) -> int:
-    body: dict[str, Any] = {"to": args.to, "cc": args.cc, "bcc": args.bcc, "subject": args.subject}
-    for key, value in (("from", args.sender), ("text", args.text), ("html", args.html)):
-        if value is not None:
-            body[key] = value
+    body: dict[str, Any] = {"to": args.to, "cc": args.cc, "bcc": args.bcc}
+    optional = {
+        "from": args.sender,
+        "subject": args.subject,
+        "text": args.text,
+        "html": args.html,
+        "template": args.template,
+        "data": args.data,
+    }
+    body.update((key, value) for key, value in optional.items() if value is not None)
     return _request(args, "POST", "/v1/notifications", body)
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    """``--data``: a JSON object, or a usage error saying what is wrong with it."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object: {...}")
+    return value
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -141,6 +141,8 @@ class Content:
     text: str | None = None
     html: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    #: The template the subject and bodies were rendered from, if any.
+    template: str | None = None
 
 
 @dataclass(slots=True)

@@ -6,12 +6,14 @@ from __future__ import annotations
 import difflib
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from notifier.errors import ConfigError
 from notifier.keys import KeyRing
 from notifier.schemas import normalize_address
 from notifier.settings import Settings
+from notifier.templates import TemplateLibrary
 
 PREFIX = "NOTIFIER_"
 #: Read by the command-line client (`send`, `status`) or the test suite, not the service.
@@ -20,8 +22,17 @@ OTHER_VARIABLES = frozenset(
 )
 
 
-def preflight(settings: Settings) -> KeyRing:
-    """Check ``settings`` as ``serve`` would run them; returns the API keys they name."""
+@dataclass(frozen=True)
+class Prepared:
+    """What the checks read, for ``serve`` to run with."""
+
+    keys: KeyRing
+    templates: TemplateLibrary
+
+
+def preflight(settings: Settings) -> Prepared:
+    """Check ``settings`` as ``serve`` would run them; the API keys and templates they
+    name, read and checked."""
     settings.check_startable()
     try:
         normalize_address(settings.sender)
@@ -34,7 +45,7 @@ def preflight(settings: Settings) -> KeyRing:
     writable(settings.ack_file, "NOTIFIER_ACK_FILE")
     if settings.dev:
         writable(settings.dev_mail_dir / "x.eml", "NOTIFIER_DEV_MAIL_DIR")
-    return keys
+    return Prepared(keys, TemplateLibrary.load(settings.template_dir))
 
 
 def writable(path: Path, variable: str) -> None:

@@ -50,6 +50,7 @@ def content_record(c: Content) -> dict[str, Any]:
         "text": c.text,
         "html": c.html,
         "headers": c.headers,
+        "template": c.template,
     }
 
 

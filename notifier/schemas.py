@@ -39,6 +39,7 @@ from notifier.domain import (
 )
 from notifier.message import message_id_for
 from notifier.records import attempt_record, iso, recipient_record
+from notifier.templates import Rendered
 
 #: Anything that could end or forge a header line: C0/C1 controls, DEL, Unicode
 #: line and paragraph separators, and lone surrogates (which cannot be encoded).
@@ -116,7 +117,8 @@ def _as_list(value: object) -> object:
 
 
 class NotificationRequest(BaseModel):
-    """A notification to send. At least one of ``text`` and ``html`` is required."""
+    """A notification to send: ``subject`` with ``text``, ``html`` or both, or a
+    ``template`` and its ``data``."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -152,13 +154,29 @@ class NotificationRequest(BaseModel):
     subject: HeaderText = Field(default="", max_length=MAX_HEADER_VALUE)
     text: BodyText | None = None
     html: BodyText | None = None
+    template: str | None = Field(
+        default=None,
+        max_length=64,
+        description="A template's name (`GET /v1/templates`), instead of `subject`, `text` "
+        "and `html`: rendered with `data` when the notification is accepted.",
+    )
+    data: dict[str, Any] | None = Field(
+        default=None, description="The values the template reads; only with `template`."
+    )
     headers: dict[str, HeaderText] = Field(default_factory=dict, max_length=MAX_CUSTOM_HEADERS)
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _check(self) -> NotificationRequest:
-        if self.text is None and self.html is None:
-            raise ValueError("give `text`, `html`, or both")
+        if self.template is not None:
+            written = sorted(self.model_fields_set & {"subject", "text", "html"})
+            if written:
+                fields = ", ".join(f"`{name}`" for name in written)
+                raise ValueError(f"give `template` or {fields}, not both")
+        elif self.data is not None:
+            raise ValueError("`data` is only for a `template`")
+        elif self.text is None and self.html is None:
+            raise ValueError("give `text`, `html`, or both (or a `template`)")
         for name, value in self.headers.items():
             if not _CUSTOM_HEADER_NAME.fullmatch(name):
                 raise ValueError(f"header {name!r}: only custom `X-` headers may be set")
@@ -184,14 +202,21 @@ class NotificationRequest(BaseModel):
         return result
 
     def to_notification(
-        self, sender: Address, *, now: float, lifetime: float, owner: str | None = None
+        self,
+        sender: Address,
+        *,
+        now: float,
+        lifetime: float,
+        owner: str | None = None,
+        rendered: Rendered | None = None,
     ) -> Notification:
-        """The new ``queued`` notification this request stands for."""
+        """The new ``queued`` notification this request stands for; ``rendered`` is what
+        its template gave, when it names one."""
         notification_id = new_id()
         return Notification(
             id=notification_id,
             status=NotificationStatus.QUEUED,
-            content=self.content(sender),
+            content=self.content(sender, rendered),
             recipients=self.recipients(),
             message_id=message_id_for(notification_id, sender.address),
             created_at=now,
@@ -201,17 +226,38 @@ class NotificationRequest(BaseModel):
             owner=owner,
         )
 
-    def content(self, sender: Address) -> Content:
+    def content(self, sender: Address, rendered: Rendered | None = None) -> Content:
         return Content(
             sender=sender,
             to=tuple(to_address(a) for a in self.to),
             cc=tuple(to_address(a) for a in self.cc),
             reply_to=tuple(to_address(a) for a in self.reply_to),
-            subject=self.subject,
-            text=self.text,
-            html=self.html,
+            subject=self.subject if rendered is None else rendered.subject,
+            text=self.text if rendered is None else rendered.text,
+            html=self.html if rendered is None else rendered.html,
             headers=dict(self.headers),
+            template=None if rendered is None else rendered.template,
         )
+
+
+def rendering_problem(rendered: Rendered) -> str | None:
+    """Why a template's output cannot be sent (the checks a written subject and body
+    get), or ``None``."""
+    try:
+        _header_safe(rendered.subject)
+    except ValueError as exc:
+        return f"template {rendered.template!r} gave an unusable subject: {exc}"
+    if not rendered.subject:
+        return f"template {rendered.template!r} gave an empty subject"
+    if len(rendered.subject) > MAX_HEADER_VALUE:
+        return f"template {rendered.template!r} gave a subject over {MAX_HEADER_VALUE} characters"
+    for part, body in (("text", rendered.text), ("html", rendered.html)):
+        if body is not None:
+            try:
+                _body_safe(body)
+            except ValueError as exc:
+                return f"template {rendered.template!r} gave an unusable {part} body: {exc}"
+    return None
 
 
 def _check_metadata(metadata: dict[str, Any]) -> None:
@@ -284,6 +330,7 @@ class NotificationOut(BaseModel):
     id: str
     status: NotificationStatus
     subject: str
+    template: str | None = Field(description="The template it was rendered from, if any.")
     recipients: list[RecipientOut]
     attempts: list[AttemptOut]
     attempt_count: int
@@ -349,6 +396,7 @@ def status_body(n: Notification) -> dict[str, Any]:
         "id": n.id,
         "status": n.status.value,
         "subject": n.content.subject,
+        "template": n.content.template,
         "recipients": [recipient_record(r) for r in n.recipients],
         "attempts": [attempt_record(a, iso) for a in n.attempts],
         "attempt_count": n.attempt_count,

@@ -83,6 +83,8 @@ class Settings(BaseSettings):
     #: ``max_prepared_statements = 0``).
     database_prepared_statements: bool = True
     ack_file: Path = Path("./data/acknowledgments.jsonl")
+    #: One folder per template (``subject.txt``, ``body.txt`` and/or ``body.html``).
+    template_dir: Path = Path("./config/templates")
 
     # Delivery
     send_concurrency: int = Field(default=16, ge=1, le=1024)

@@ -46,6 +46,8 @@ HEADING = re.compile(r"^#{1,6}[ \t]+(.+?)[ \t#]*$", re.MULTILINE)
 SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 #: The calls whose second argument, or ``code=``, is the ``code`` of an error answer.
 ERROR_BUILDERS = frozenset({"ApiError", "error_response"})
+#: Errors whose code comes first (``TemplateError(code, message)``); the API answers it.
+CODE_FIRST_ERRORS = frozenset({"TemplateError"})
 
 KEY = "k-readme"
 AUTH = {"authorization": f"Bearer {KEY}"}
@@ -220,6 +222,8 @@ def answerable_codes() -> set[str]:
 def _code_argument(call: ast.Call) -> ast.expr | None:
     function = call.func
     name = function.id if isinstance(function, ast.Name) else getattr(function, "attr", None)
+    if name in CODE_FIRST_ERRORS and call.args:
+        return call.args[0]
     if name not in ERROR_BUILDERS:
         return None
     if len(call.args) > 1:

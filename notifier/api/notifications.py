@@ -41,10 +41,12 @@ from notifier.schemas import (
     NotificationPage,
     NotificationRequest,
     accepted_body,
+    rendering_problem,
     status_body,
     to_address,
 )
 from notifier.settings import Settings
+from notifier.templates import Rendered, TemplateError
 
 router = APIRouter(prefix="/v1/notifications", tags=["notifications"])
 
@@ -139,9 +141,10 @@ async def create_notification(
             f"{count} recipients; at most {settings.max_recipients} per notification",
         )
     sender = _sender(body.sender, settings, caller)
+    rendered = _render(body, services)
     services.rate_limiter.recipients(caller, count)
     if key is None:
-        return await _admit(body, sender, services, caller, None)
+        return await _admit(body, rendered, sender, services, caller, None)
     owner = owner_of(caller) or ""
     services.idempotency.claim(owner, key)
     try:
@@ -149,7 +152,7 @@ async def create_notification(
         existing = await services.store.find_idempotency(owner, key)
         if existing is not None:
             return _replay(existing, digest)
-        return await _admit(body, sender, services, caller, (owner, key, digest))
+        return await _admit(body, rendered, sender, services, caller, (owner, key, digest))
     finally:
         services.idempotency.release(owner, key)
 
@@ -188,8 +191,25 @@ router.add_api_route(
 )
 
 
+def _render(body: NotificationRequest, services: Services) -> Rendered | None:
+    """What the request's template gives for its data (``None`` without a template);
+    ``422`` naming the template or the missing variable. Rendered once, here: every
+    retry sends what was stored."""
+    if body.template is None:
+        return None
+    try:
+        rendered = services.templates.library.render(body.template, body.data or {})
+    except TemplateError as exc:
+        raise ApiError(422, exc.code, str(exc)) from None
+    problem = rendering_problem(rendered)
+    if problem is not None:
+        raise ApiError(422, "template_render_failed", problem)
+    return rendered
+
+
 async def _admit(
     body: NotificationRequest,
+    rendered: Rendered | None,
     sender: Address,
     services: Services,
     caller: ApiKey | None,
@@ -214,7 +234,11 @@ async def _admit(
         )
     now = time.time()
     notification = body.to_notification(
-        sender, now=now, lifetime=settings.message_lifetime, owner=owner_of(caller)
+        sender,
+        now=now,
+        lifetime=settings.message_lifetime,
+        owner=owner_of(caller),
+        rendered=rendered,
     )
     notification_id = notification.id
     location = f"{router.prefix}/{notification_id}"

@@ -16,6 +16,7 @@ from notifier.keys import KeyRing
 from notifier.metrics import Metrics
 from notifier.settings import Settings
 from notifier.store import Store
+from notifier.templates import Templates
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class Services:
     keys: KeyRing
     rate_limiter: RateLimiter
     metrics: Metrics
+    templates: Templates
 
 
 def services_of(request: Request) -> Services:

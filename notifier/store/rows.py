@@ -100,6 +100,8 @@ def from_row(row: Any) -> Notification:
             text=content["text"],
             html=content["html"],
             headers=content["headers"],
+            # Rows stored before templates existed have no "template".
+            template=content.get("template"),
         ),
         recipients=[
             Recipient(
