@@ -137,8 +137,12 @@ _TYPES = {
 _SELECTED = ", ".join(NOW if c == "visible_at" else c for c in INSERT_COLUMNS)
 _RECORD = ", ".join(f"{c} {_TYPES.get(c, 'text')}" for c in INSERT_COLUMNS)
 BULK_INSERT = f"""
-INSERT INTO notifications ({_COLUMNS})
-SELECT {_SELECTED} FROM jsonb_to_recordset(%s::jsonb) AS r({_RECORD})
+WITH inserted AS (
+    INSERT INTO notifications ({_COLUMNS})
+    SELECT {_SELECTED} FROM jsonb_to_recordset(%s::jsonb) AS r({_RECORD})
+    RETURNING 1
+)
+SELECT count(*) AS inserted, pg_notify('{CHANNEL}', '') FROM inserted
 """  # noqa: S608 - the column names are constants
 
 INSERT = f"""
@@ -269,6 +273,9 @@ class PostgresStore:
                 "row_factory": dict_row,
                 "connect_timeout": max(1, round(self._timeout)),
                 "prepare_threshold": self._prepare_threshold,
+                # A statement alone is its own transaction: no BEGIN and COMMIT round
+                # trips around it. Jobs of several statements ask for a transaction.
+                "autocommit": True,
             },
             connection_class=psycopg.AsyncConnection[dict[str, Any]],
             name="notifier",
@@ -280,7 +287,7 @@ class PostgresStore:
             raise StoreError(f"cannot connect to PostgreSQL: {_reason(exc)}") from None
         self._pool = pool
         try:
-            await self._run(_migrate)
+            await self._run(_migrate, atomic=True)
         except BaseException:
             await self.close()
             raise
@@ -365,7 +372,7 @@ class PostgresStore:
             await c.execute(NOTIFY)
             return None
 
-        return await self._write(insert)
+        return await self._write(insert, atomic=True)
 
     async def find_idempotency(self, owner: str, key: str) -> IdempotencyRecord | None:
         return await self._run(lambda c: _find_key(c, owner, key))
@@ -395,7 +402,7 @@ class PostgresStore:
             n.updated_at = now
             return True
 
-        return await self._write(lambda c: _rewrite(c, notification_id, change))
+        return await self._write(lambda c: _rewrite(c, notification_id, change), atomic=True)
 
     async def requeue(
         self, notification_id: str, *, now: float, expires_at: float
@@ -414,7 +421,7 @@ class PostgresStore:
                 await c.execute(NOTIFY)
             return result
 
-        return await self._write(requeue)
+        return await self._write(requeue, atomic=True)
 
     async def oldest_due(self) -> float | None:
         sql = (
@@ -554,9 +561,9 @@ class PostgresStore:
         payload = dump([{c: row[c] for c in INSERT_COLUMNS} for row in rows])
 
         async def insert(c: psycopg.AsyncConnection[dict[str, Any]]) -> int:
-            inserted = (await c.execute(BULK_INSERT, (payload,))).rowcount
-            await c.execute(NOTIFY)
-            return inserted
+            row = await (await c.execute(BULK_INSERT, (payload,))).fetchone()
+            assert row is not None
+            return int(row["inserted"])
 
         await self._write(insert)
         return [None] * len(rows)
@@ -590,12 +597,15 @@ class PostgresStore:
         return await self._run(fetch)
 
     async def _write(
-        self, job: Callable[[psycopg.AsyncConnection[dict[str, Any]]], Awaitable[T]]
+        self,
+        job: Callable[[psycopg.AsyncConnection[dict[str, Any]]], Awaitable[T]],
+        *,
+        atomic: bool = False,
     ) -> T:
         """:meth:`_run` for a write: a failure is kept for readiness until one that
         changed rows commits (a write that changes nothing proves nothing)."""
         try:
-            result = await self._run(job)
+            result = await self._run(job, atomic=atomic)
         except StoreError as exc:
             self._failure = str(exc)
             raise
@@ -604,21 +614,45 @@ class PostgresStore:
         return result
 
     async def _run(
-        self, job: Callable[[psycopg.AsyncConnection[dict[str, Any]]], Awaitable[T]]
+        self,
+        job: Callable[[psycopg.AsyncConnection[dict[str, Any]]], Awaitable[T]],
+        *,
+        atomic: bool = False,
     ) -> T:
-        """``job`` in one transaction on a pooled connection, committed when it returns."""
+        """``job`` on a pooled connection: each statement its own transaction, or with
+        ``atomic`` all of them one, committed when it returns."""
         if self._pool is None:
             raise StoreError("the store is closed")
         try:
             async with self._pool.connection() as connection:
-                return await job(connection)
+                if atomic:
+                    async with connection.transaction():
+                        result = await job(connection)
+                else:
+                    result = await job(connection)
+            _raise_lost_cancellation()
+            return result
         except PoolTimeout:
             raise StoreError(
                 f"no database connection within {self._timeout:g} s "
                 "(PostgreSQL unreachable, or every pooled connection busy)"
             ) from None
         except psycopg.Error as exc:
+            _raise_lost_cancellation()
             raise StoreError(f"database error: {_reason(exc)}") from exc
+
+
+def _raise_lost_cancellation() -> None:
+    """Raise the cancellation of this task if a wait inside psycopg_pool lost it.
+
+    The pool waits for a connection with ``asyncio.wait_for``, which before Python 3.12
+    can return the connection and drop a cancellation that arrived at the same moment.
+    The task went on as if never cancelled: a writer being stopped at start-up read on,
+    then waited for its queue for ever. ``Task.cancelling()`` still counts the request.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 class _Batches(Generic[Item, Result]):
