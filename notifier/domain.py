@@ -16,6 +16,8 @@ from typing import Any
 class NotificationStatus(StrEnum):
     #: Stored and waiting for the dispatcher.
     QUEUED = "queued"
+    #: Stored, held until its ``send_at``; then claimed like a queued one.
+    SCHEDULED = "scheduled"
     #: Claimed by a dispatcher, an SMTP transaction in progress.
     SENDING = "sending"
     #: A transient fault; another attempt is due at ``next_attempt_at``.
@@ -45,6 +47,22 @@ TERMINAL_STATUSES = frozenset(
         NotificationStatus.CANCELLED,
     }
 )
+
+
+class Priority(StrEnum):
+    """Which due work is claimed first; stored as its :attr:`rank`, lowest first."""
+
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+    @property
+    def rank(self) -> int:
+        return _PRIORITY_RANKS[self]
+
+
+_PRIORITY_RANKS = {Priority.HIGH: 0, Priority.NORMAL: 1, Priority.LOW: 2}
+PRIORITY_OF_RANK = {rank: priority for priority, rank in _PRIORITY_RANKS.items()}
 
 
 class RecipientStatus(StrEnum):
@@ -166,10 +184,13 @@ class Notification:
     lease_started_at: float | None = None
     #: Attempts numbered above this count toward the budget (raised by a manual retry).
     budget_from: int = 0
+    priority: Priority = Priority.NORMAL
+    #: When it was asked to be sent, if later than accepted (``scheduled`` until then).
+    send_at: float | None = None
 
     @property
     def cancellable(self) -> bool:
-        return self.status in (NotificationStatus.QUEUED, NotificationStatus.DEFERRED)
+        return self.status in CANCELLABLE
 
     @property
     def retryable(self) -> bool:
@@ -189,6 +210,11 @@ class Notification:
         self.next_attempt_at = None
         self.last_error = None
         self.updated_at = now
+
+
+CANCELLABLE = frozenset(
+    {NotificationStatus.QUEUED, NotificationStatus.SCHEDULED, NotificationStatus.DEFERRED}
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,10 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.accepted = Counter(
-            "notifier_notifications_accepted", "Notifications accepted (202).", registry=r
+            "notifier_notifications_accepted",
+            "Notifications accepted (202), by priority.",
+            ["priority"],
+            registry=r,
         )
         self.finished = Counter(
             "notifier_notifications_finished",

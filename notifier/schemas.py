@@ -17,6 +17,7 @@ import orjson
 from email_validator import EmailNotValidError, validate_email
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -32,6 +33,7 @@ from notifier.domain import (
     Content,
     Notification,
     NotificationStatus,
+    Priority,
     Recipient,
     RecipientKind,
     RecipientStatus,
@@ -165,6 +167,21 @@ class NotificationRequest(BaseModel):
     )
     headers: dict[str, HeaderText] = Field(default_factory=dict, max_length=MAX_CUSTOM_HEADERS)
     metadata: dict[str, Any] = Field(default_factory=dict)
+    priority: Priority = Field(
+        default=Priority.NORMAL,
+        description="Due work is sent highest priority first; `low` still moves while "
+        "`high` keeps arriving.",
+    )
+    send_at: AwareDatetime | None = Field(
+        default=None,
+        description="Hold it until then (RFC 3339 with a UTC offset; at most "
+        "`NOTIFIER_MAX_SCHEDULE_AHEAD` ahead): `scheduled` meanwhile, and cancellable.",
+    )
+    expires_at: AwareDatetime | None = Field(
+        default=None,
+        description="Never deliver it after this moment (RFC 3339 with a UTC offset): it "
+        "ends `expired`. Default: `NOTIFIER_MESSAGE_LIFETIME` after it is due.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> NotificationRequest:
@@ -210,21 +227,43 @@ class NotificationRequest(BaseModel):
         owner: str | None = None,
         rendered: Rendered | None = None,
     ) -> Notification:
-        """The new ``queued`` notification this request stands for; ``rendered`` is what
-        its template gave, when it names one."""
+        """The new notification this request stands for: ``queued``, or ``scheduled``
+        when its ``send_at`` is still to come. ``rendered`` is what its template gave,
+        when it names one. ``send_at`` and ``expires_at`` are checked by the caller."""
         notification_id = new_id()
+        send_at = self.send_at.timestamp() if self.send_at is not None else None
+        later = send_at is not None and send_at > now
+        due = send_at if later and send_at is not None else now
         return Notification(
             id=notification_id,
-            status=NotificationStatus.QUEUED,
+            status=NotificationStatus.SCHEDULED if later else NotificationStatus.QUEUED,
             content=self.content(sender, rendered),
             recipients=self.recipients(),
             message_id=message_id_for(notification_id, sender.address),
             created_at=now,
             updated_at=now,
-            expires_at=now + lifetime,
+            expires_at=self.expires_at.timestamp() if self.expires_at else due + lifetime,
             metadata=self.metadata,
             owner=owner,
+            priority=self.priority,
+            send_at=due if later else None,
         )
+
+    def schedule_problem(self, *, now: float, ahead: float, lifetime: float) -> str | None:
+        """Why ``send_at`` or ``expires_at`` cannot be kept, or ``None``."""
+        send_at = self.send_at.timestamp() if self.send_at is not None else now
+        if send_at > now + ahead:
+            return f"`send_at` is more than {ahead:g} s ahead (NOTIFIER_MAX_SCHEDULE_AHEAD)"
+        if self.expires_at is not None:
+            expires_at = self.expires_at.timestamp()
+            if expires_at <= max(now, send_at):
+                return "`expires_at` must be later than now and than `send_at`"
+            if expires_at > now + ahead + lifetime:
+                return (
+                    "`expires_at` is further ahead than NOTIFIER_MAX_SCHEDULE_AHEAD plus "
+                    "NOTIFIER_MESSAGE_LIFETIME"
+                )
+        return None
 
     def content(self, sender: Address, rendered: Rendered | None = None) -> Content:
         return Content(
@@ -331,6 +370,8 @@ class NotificationOut(BaseModel):
     status: NotificationStatus
     subject: str
     template: str | None = Field(description="The template it was rendered from, if any.")
+    priority: Priority
+    send_at: datetime | None = Field(description="When it is held until, if it was scheduled.")
     recipients: list[RecipientOut]
     attempts: list[AttemptOut]
     attempt_count: int
@@ -397,6 +438,8 @@ def status_body(n: Notification) -> dict[str, Any]:
         "status": n.status.value,
         "subject": n.content.subject,
         "template": n.content.template,
+        "priority": n.priority.value,
+        "send_at": iso(n.send_at),
         "recipients": [recipient_record(r) for r in n.recipients],
         "attempts": [attempt_record(a, iso) for a in n.attempts],
         "attempt_count": n.attempt_count,

@@ -92,6 +92,8 @@ class Settings(BaseSettings):
     retry_initial_delay: float = Field(default=30.0, gt=0)
     retry_max_delay: float = Field(default=3600.0, gt=0)
     message_lifetime: float = Field(default=3 * 24 * 3600.0, gt=0)
+    #: How far ahead ``send_at`` may be.
+    max_schedule_ahead: float = Field(default=30 * 24 * 3600.0, gt=0)
     lease_seconds: float = Field(default=900.0, gt=0)
     poll_interval: float = Field(default=1.0, gt=0)
     shutdown_grace: float = Field(default=10.0, ge=0)

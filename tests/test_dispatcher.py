@@ -13,7 +13,7 @@ import pytest
 
 from notifier.dispatch.ack import AckWriter
 from notifier.dispatch.breaker import RelayBreaker
-from notifier.dispatch.dispatcher import Dispatcher
+from notifier.dispatch.dispatcher import Dispatcher, OldestShare
 from notifier.dispatch.policy import RetryPolicy
 from notifier.dispatch.smtp import RelayConfig, SMTPTransport
 from notifier.domain import Notification, NotificationStatus
@@ -148,3 +148,16 @@ async def test_an_outcome_the_store_refused_is_written_once_it_takes_writes(
     assert len(slept) == 3
     assert [a.outcome for a in sent.attempts] == ["sent"]
     assert len(smtp_handler.received) == 1
+
+
+def test_one_claimed_place_in_eight_goes_to_the_longest_due() -> None:
+    share = OldestShare(8)
+
+    singles = sum(share.of(1) for _ in range(80))
+    batches = [OldestShare(8).of(16) for _ in range(3)]
+    mixed = OldestShare(8)
+    mixed_total = sum(mixed.of(n) for n in [1, 3, 16, 2, 2, 7, 1] * 8)
+
+    assert singles == 10
+    assert batches == [2, 2, 2]
+    assert mixed_total == sum([1, 3, 16, 2, 2, 7, 1] * 8) // 8

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from notifier.domain import NotificationStatus
+from notifier.domain import NotificationStatus, Priority
 from notifier.errors import StoreError
 from notifier.store import SQLiteStore
 from notifier.store.sqlite import SCHEMA_VERSION
@@ -49,6 +49,8 @@ async def test_a_database_of_an_earlier_schema_opens_with_nothing_lost(
     assert queued is not None
     assert sent is not None
     assert (queued.status, queued.acknowledged) == (NotificationStatus.QUEUED, True)
+    # Columns added since: every earlier notification is normal priority, unscheduled.
+    assert (queued.priority, queued.send_at) == (Priority.NORMAL, None)
     assert (sent.status, sent.acknowledged) == (NotificationStatus.SENT, True)
     assert key is not None
     assert key.notification_id == SENT

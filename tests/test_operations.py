@@ -34,7 +34,7 @@ async def test_metrics_count_acceptance_attempts_and_outcomes(
     found = samples(response.text)
 
     assert response.headers["content-type"].startswith("text/plain")
-    assert found[("notifier_notifications_accepted_total", ())] == 2
+    assert found[("notifier_notifications_accepted_total", (("priority", "normal"),))] == 2
     finished = "notifier_notifications_finished_total"
     assert found[(finished, (("reason", "delivered"), ("status", "sent")))] == 1
     assert found[(finished, (("reason", "refused"), ("status", "failed")))] == 1

@@ -196,8 +196,8 @@ def test_text_html_or_both_are_accepted(text: str | None, html: str | None) -> N
 
 
 def test_unknown_top_level_field_is_rejected() -> None:
-    with pytest.raises(ValidationError, match="priority"):
-        validate(priority="high")
+    with pytest.raises(ValidationError, match="importance"):
+        validate(importance="high")
 
 
 def test_unknown_field_in_a_named_address_is_rejected() -> None:

@@ -24,6 +24,7 @@ from notifier.domain import (
     IdempotencyRecord,
     Notification,
     NotificationStatus,
+    Priority,
     Recipient,
     RecipientKind,
     RecipientStatus,
@@ -559,3 +560,86 @@ async def test_attempts_and_recipients_read_back_whole(store: Store) -> None:
     assert stored.attempts == claimed.attempts
     assert stored.recipients == claimed.recipients
     assert stored.next_attempt_at == NOW + 60
+
+
+# Priority and scheduling
+
+
+async def test_due_work_is_claimed_highest_priority_first(store: Store) -> None:
+    lows = [make_notification(priority=Priority.LOW) for _ in range(5)]
+    normal = make_notification()
+    high = make_notification(priority=Priority.HIGH)
+    for n in (*lows, normal, high):
+        await store.add(n)
+
+    first = await claim(store, limit=2)
+    rest = await claim(store, limit=10)
+
+    assert [n.id for n in first] == [high.id, normal.id]
+    assert [n.id for n in rest] == [n.id for n in lows]
+    assert {n.priority for n in rest} == {Priority.LOW}
+
+
+async def test_a_share_of_a_claim_goes_to_the_longest_due_whatever_its_priority(
+    store: Store,
+) -> None:
+    lows = [make_notification(priority=Priority.LOW) for _ in range(3)]
+    highs = [make_notification(priority=Priority.HIGH) for _ in range(5)]
+    for n in (*lows, *highs):
+        await store.add(n)
+    now = time.time()
+
+    claimed = await store.claim(
+        owner="a", now=now, lease_until=now + LEASE, limit=4, oldest_first=1
+    )
+
+    # Three by priority (the first highs), one by age (the oldest low), highs handed out first.
+    assert [n.id for n in claimed] == [*(n.id for n in highs[:3]), lows[0].id]
+
+
+async def test_scheduled_work_is_held_until_its_send_at(store: Store) -> None:
+    now = time.time()
+    later = make_notification(
+        status=NotificationStatus.SCHEDULED, send_at=now + 3 * SHORT, priority=Priority.HIGH
+    )
+    await store.add(later)
+
+    assert await claim(store) == []
+    stored = await store.get(later.id)
+    assert stored is not None
+    assert (stored.status, stored.priority) == (NotificationStatus.SCHEDULED, Priority.HIGH)
+    assert stored.send_at == pytest.approx(later.send_at)
+    (claimed,) = await eventually(lambda: claim(store))
+    assert claimed.id == later.id
+    assert claimed.status is NotificationStatus.SENDING
+    assert time.time() >= now + 3 * SHORT
+
+
+async def test_a_scheduled_notification_can_be_cancelled(store: Store) -> None:
+    later = make_notification(status=NotificationStatus.SCHEDULED, send_at=time.time() + 3600)
+    await store.add(later)
+
+    cancelled, n = await store.cancel(later.id, now=time.time())
+
+    assert cancelled
+    assert n is not None
+    assert n.status is NotificationStatus.CANCELLED
+    assert await store.count_pending() == 0
+
+
+async def test_pages_filter_by_priority_and_time_of_acceptance(store: Store) -> None:
+    base = time.time()
+    old_low = make_notification(created_at=base - 300, priority=Priority.LOW)
+    new_low = make_notification(created_at=base - 100, priority=Priority.LOW)
+    new_high = make_notification(created_at=base - 50, priority=Priority.HIGH)
+    for n in (old_low, new_low, new_high):
+        await store.add(n)
+
+    async def ids(**filters: object) -> list[str]:
+        found = await store.page(status=None, limit=10, before_id=None, **filters)  # type: ignore[arg-type]
+        return [n.id for n in found]
+
+    assert await ids(priority=Priority.LOW) == [new_low.id, old_low.id]
+    assert await ids(created_after=base - 200) == [new_high.id, new_low.id]
+    assert await ids(created_before=base - 200) == [old_low.id]
+    assert await ids(priority=Priority.LOW, created_after=base - 200) == [new_low.id]

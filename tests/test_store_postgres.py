@@ -12,10 +12,11 @@ import psycopg
 import pytest
 
 from notifier.dispatch.ack import AckWriter
-from notifier.domain import NotificationStatus
+from notifier.domain import NotificationStatus, Priority
 from notifier.errors import StoreError
 from notifier.settings import Settings
 from notifier.store.postgres import PostgresStore
+from notifier.store.rows import INSERT_COLUMNS, to_row
 from tests.conftest import DEADLINE_SECONDS, MakeSettings, notification, post, running_app, wait_for
 from tests.smtp_server import ScriptedHandler
 from tests.test_store import LEASE, make_notification
@@ -81,8 +82,45 @@ async def test_a_schema_newer_than_this_notifier_is_refused(postgres_url: str) -
     with psycopg.connect(postgres_url, autocommit=True) as connection:
         connection.execute("UPDATE notifier_schema SET version = version + 1")
 
-    with pytest.raises(StoreError, match="schema version 2 is newer than this notifier"):
+    with pytest.raises(StoreError, match="schema version 3 is newer than this notifier"):
         await PostgresStore(postgres_url).open()
+
+
+async def test_a_database_of_the_first_schema_gains_priority_and_send_at(
+    postgres_url: str,
+) -> None:
+    # Version 1 as the first release wrote it: without the columns of version 2.
+    first = PostgresStore(postgres_url)
+    await first.open()
+    await first.close()
+    old = make_notification()
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        connection.execute("DROP INDEX notifications_due_by_priority")
+        connection.execute("ALTER TABLE notifications DROP COLUMN priority, DROP COLUMN send_at")
+        connection.execute("UPDATE notifier_schema SET version = 1")
+        columns = [c for c in INSERT_COLUMNS if c not in ("priority", "send_at", "visible_at")]
+        row = to_row(old)
+        connection.execute(
+            f"INSERT INTO notifications ({', '.join(columns)}, visible_at) "
+            f"VALUES ({', '.join(['%s'] * len(columns))}, 0)",
+            [row[c] for c in columns],
+        )
+
+    store = PostgresStore(postgres_url)
+    await store.open()
+    try:
+        kept = await store.get(old.id)
+        now = time.time()
+        claimed = await store.claim(owner="a", now=now, lease_until=now + LEASE, limit=5)
+    finally:
+        await store.close()
+    with psycopg.connect(postgres_url) as connection:
+        version = connection.execute("SELECT version FROM notifier_schema").fetchone()
+
+    assert version == (2,)
+    assert kept is not None
+    assert (kept.priority, kept.send_at, kept.content) == (Priority.NORMAL, None, old.content)
+    assert [n.id for n in claimed] == [old.id]
 
 
 async def test_an_unreachable_database_is_a_store_error_that_never_shows_the_password(

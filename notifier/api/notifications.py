@@ -10,6 +10,7 @@ from typing import Annotated, Any, ClassVar
 
 from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.routing import APIRoute
+from pydantic import AwareDatetime
 from starlette.types import Receive, Scope, Send
 
 from notifier.api.auth import CallerDep, authenticate_and_charge, owner_of
@@ -32,6 +33,7 @@ from notifier.domain import (
     IdempotencyRecord,
     Notification,
     NotificationStatus,
+    Priority,
 )
 from notifier.keys import ApiKey, sender_allowed
 from notifier.schemas import (
@@ -141,6 +143,12 @@ async def create_notification(
             f"{count} recipients; at most {settings.max_recipients} per notification",
         )
     sender = _sender(body.sender, settings, caller)
+    if body.send_at is not None or body.expires_at is not None:
+        problem = body.schedule_problem(
+            now=time.time(), ahead=settings.max_schedule_ahead, lifetime=settings.message_lifetime
+        )
+        if problem is not None:
+            raise ApiError(422, "invalid_schedule", problem)
     rendered = _render(body, services)
     services.rate_limiter.recipients(caller, count)
     if key is None:
@@ -258,7 +266,7 @@ async def _admit(
     if taken is not None:
         return _replay(taken, record.request_hash if record else "")
     services.backpressure.accepted()
-    services.metrics.accepted.inc()
+    services.metrics.accepted.labels(notification.priority.value).inc()
     # After the answer is sent: queue the acknowledgment, wake the dispatcher.
     after = partial(services.on_accepted, notification)
     return RawJSON(answer, 202, {"Location": location}, after)
@@ -308,6 +316,13 @@ async def list_notifications(
     services: ServicesDep,
     caller: CallerDep,
     status: NotificationStatus | None = None,
+    priority: Priority | None = None,
+    created_after: Annotated[
+        AwareDatetime | None, Query(description="Only those accepted after this moment.")
+    ] = None,
+    created_before: Annotated[
+        AwareDatetime | None, Query(description="Only those accepted before this moment.")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[
         str | None, Query(pattern=ID_PATTERN, description="`next_cursor` of the previous page")
@@ -315,7 +330,13 @@ async def list_notifications(
 ) -> JSON:
     """Page through notifications; follow ``next_cursor`` until it is ``null``."""
     found = await services.store.page(
-        status=status, limit=limit + 1, before_id=cursor, owner=owner_of(caller)
+        status=status,
+        limit=limit + 1,
+        before_id=cursor,
+        owner=owner_of(caller),
+        priority=priority,
+        created_after=None if created_after is None else created_after.timestamp(),
+        created_before=None if created_before is None else created_before.timestamp(),
     )
     items = found[:limit]
     next_cursor = items[-1].id if len(found) > limit else None
@@ -344,7 +365,7 @@ async def cancel_notification(
         caller,
         lambda: services.store.cancel(notification_id, now=time.time()),
         refusal="not_cancellable",
-        rule="only queued or deferred notifications can be cancelled",
+        rule="only queued, scheduled or deferred notifications can be cancelled",
     )
     return JSON(status_body(notification))
 

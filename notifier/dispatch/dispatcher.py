@@ -42,6 +42,10 @@ CLAIM_BATCH = 16
 #: a commit, which the store may put off for company (``store/writer.py``); this many
 #: in hand keep every connection busy meanwhile (``benchmarks/LEVERS.md``).
 CLAIM_AHEAD = 64
+#: One claimed place in this many goes to the longest due notification whatever its
+#: priority: low priority work keeps moving, at an eighth of the pace at least, while
+#: high priority work keeps arriving.
+OLDEST_SHARE = 8
 #: How an outcome write the store refused is retried, unless told otherwise.
 RECORD_RETRY_INITIAL = 0.5
 RECORD_RETRY_MAX = 30.0
@@ -82,6 +86,7 @@ class Dispatcher:
         self._in_flight: dict[asyncio.Task[None], str] = {}
         #: How many of them have not finished their SMTP exchange (or are waiting for it).
         self._unsent = 0
+        self._oldest = OldestShare(OLDEST_SHARE)
         #: Notifications whose SMTP transaction has begun: the relay may have them.
         self._on_relay: set[str] = set()
         #: One per SMTP transaction allowed at once.
@@ -217,6 +222,7 @@ class Dispatcher:
                 limit=limit,
                 # With a connection idle, the claim is urgent; with more in hand, not.
                 can_wait=self._unsent >= self._concurrency,
+                oldest_first=self._oldest.of(limit),
             )
         except StoreError as exc:
             log.error("claiming due notifications failed: %s", exc)
@@ -384,3 +390,18 @@ def _render(n: Notification) -> bytes:
         return render(n.content, message_id=n.message_id, created_at=n.created_at)
     except (ValueError, UnicodeError) as exc:
         raise PermanentDeliveryError(f"the message could not be built: {exc}") from exc
+
+
+class OldestShare:
+    """How many places of each claim go to the longest due work, so that over any run of
+    claims one in ``share`` does, however small each claim is (often one place)."""
+
+    def __init__(self, share: int) -> None:
+        self._share = share
+        self._credit = 0.0
+
+    def of(self, limit: int) -> int:
+        self._credit += limit / self._share
+        places = min(limit, int(self._credit))
+        self._credit -= places
+        return places

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from notifier.domain import IdempotencyRecord, Notification, NotificationStatus
+from notifier.domain import IdempotencyRecord, Notification, NotificationStatus, Priority
 
 
 class Store(Protocol):
@@ -77,13 +77,27 @@ class Store(Protocol):
         limit: int,
         before_id: str | None,
         owner: str | None = None,
+        priority: Priority | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
     ) -> list[Notification]:
-        """Newest first, ids strictly below ``before_id``, only ``owner``'s when given."""
+        """Newest first, ids strictly below ``before_id``; each filter given narrows it."""
 
     async def claim(
-        self, *, owner: str, now: float, lease_until: float, limit: int, can_wait: bool = False
+        self,
+        *,
+        owner: str,
+        now: float,
+        lease_until: float,
+        limit: int,
+        can_wait: bool = False,
+        oldest_first: int = 0,
     ) -> list[Notification]:
         """Lease up to ``limit`` due notifications to ``owner`` and mark them sending.
+
+        Highest priority first, then longest due; but ``oldest_first`` of the ``limit``
+        go to the longest due whatever their priority, so that low priority work moves
+        while high priority work keeps coming.
 
         A notification found still ``sending`` under an expired lease gets an
         ``interrupted`` attempt appended before it is leased again. ``can_wait`` when

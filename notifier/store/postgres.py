@@ -38,6 +38,7 @@ from notifier.domain import (
     IdempotencyRecord,
     Notification,
     NotificationStatus,
+    Priority,
 )
 from notifier.errors import StoreError
 from notifier.settings import redacted_url
@@ -45,8 +46,10 @@ from notifier.store.rows import (
     INSERT_COLUMNS,
     INTERRUPTED,
     attempts_json,
+    claim_order,
     dump,
     from_row,
+    page_filter,
     recipients_json,
     to_row,
 )
@@ -68,7 +71,8 @@ RELISTEN_MAX = 30.0
 KEEPALIVE_IDLE = 30
 KEEPALIVE_INTERVAL = 10
 
-SCHEMA_VERSION = 1
+#: 1: the first schema. 2: priority and send_at (issue 16).
+SCHEMA_VERSION = 2
 #: ``pg_advisory_xact_lock`` key that serialises schema changes of replicas starting at once.
 MIGRATION_LOCK = 0x6E6F7469  # "noti"
 #: The database's clock, in the epoch seconds every time column holds.
@@ -123,6 +127,10 @@ CREATE TABLE IF NOT EXISTS heartbeat (
     id integer PRIMARY KEY CHECK (id = 1),
     at double precision NOT NULL
 );
+ALTER TABLE notifications ADD COLUMN IF NOT EXISTS priority smallint NOT NULL DEFAULT 1;
+ALTER TABLE notifications ADD COLUMN IF NOT EXISTS send_at double precision;
+CREATE INDEX IF NOT EXISTS notifications_due_by_priority
+    ON notifications (priority, visible_at) WHERE visible_at IS NOT NULL;
 """
 
 _COLUMNS = ", ".join(INSERT_COLUMNS)
@@ -131,10 +139,13 @@ _TYPES = {
     "updated_at": "double precision",
     "expires_at": "double precision",
     "visible_at": "double precision",
+    "send_at": "double precision",
+    "priority": "smallint",
 }
+#: Due from the database's ``now``, or at the ``send_at`` asked for.
+_DUE = f"COALESCE(send_at, {NOW})"
 #: A batch of new notifications in one statement: ``%s`` is a JSON array of row objects.
-#: They are due from the database's ``now``.
-_SELECTED = ", ".join(NOW if c == "visible_at" else c for c in INSERT_COLUMNS)
+_SELECTED = ", ".join(_DUE if c == "visible_at" else c for c in INSERT_COLUMNS)
 _RECORD = ", ".join(f"{c} {_TYPES.get(c, 'text')}" for c in INSERT_COLUMNS)
 BULK_INSERT = f"""
 WITH inserted AS (
@@ -147,7 +158,12 @@ SELECT count(*) AS inserted, pg_notify('{CHANNEL}', '') FROM inserted
 
 INSERT = f"""
 INSERT INTO notifications ({_COLUMNS})
-VALUES ({", ".join(NOW if c == "visible_at" else f"%({c})s" for c in INSERT_COLUMNS)})
+VALUES ({
+    ", ".join(
+        f"COALESCE(%(send_at)s::double precision, {NOW})" if c == "visible_at" else f"%({c})s"
+        for c in INSERT_COLUMNS
+    )
+})
 """  # noqa: S608 - the column names are constants
 
 INSERT_KEY = """
@@ -156,15 +172,26 @@ VALUES (%(owner)s, %(key)s, %(request_hash)s, %(notification_id)s, %(response)s,
 ON CONFLICT (owner, key) DO NOTHING
 """
 
-#: Leases due work, oldest due first; a row still ``sending`` (its lease ran out) gets an
-#: ``interrupted`` attempt first. The CTE is materialised so that its LIMIT holds.
+#: Leases due work: ``by_priority`` rows by priority then due time, ``oldest_first`` by
+#: due time alone (so low priority work is never starved); a row still ``sending`` (its
+#: lease ran out) gets an ``interrupted`` attempt first. The CTEs are materialised so
+#: that their LIMITs hold.
 CLAIM = f"""
-WITH due AS MATERIALIZED (
+WITH by_priority AS MATERIALIZED (
     SELECT id FROM notifications
     WHERE visible_at <= {NOW}
-    ORDER BY visible_at
-    LIMIT %(limit)s
+    ORDER BY priority, visible_at
+    LIMIT %(by_priority)s
     FOR UPDATE SKIP LOCKED
+), oldest AS MATERIALIZED (
+    -- Rows this statement locked above are not skipped by SKIP LOCKED: left out by hand.
+    SELECT id FROM notifications
+    WHERE visible_at <= {NOW} AND id NOT IN (SELECT id FROM by_priority)
+    ORDER BY visible_at
+    LIMIT %(oldest_first)s
+    FOR UPDATE SKIP LOCKED
+), due AS (
+    SELECT id FROM by_priority UNION ALL SELECT id FROM oldest
 )
 UPDATE notifications AS n SET
     attempts = CASE WHEN n.status = 'sending' THEN n.attempts || jsonb_build_array(
@@ -449,30 +476,39 @@ class PostgresStore:
         limit: int,
         before_id: str | None,
         owner: str | None = None,
+        priority: Priority | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
     ) -> list[Notification]:
-        clauses, params = [], []
-        if owner is not None:
-            clauses.append("owner = %s")
-            params.append(owner)
-        if status is not None:
-            clauses.append("status = %s")
-            params.append(status.value)
-        if before_id is not None:
-            clauses.append("id < %s")
-            params.append(before_id)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        where, params = page_filter(
+            "%s",
+            owner=owner,
+            status=status,
+            priority=priority,
+            created_after=created_after,
+            created_before=created_before,
+            before_id=before_id,
+        )
         sql = f"SELECT * FROM notifications {where} ORDER BY id DESC LIMIT %s"  # noqa: S608
         rows = await self._fetch_all(sql, (*params, limit))
         return [from_row(r) for r in rows]
 
     async def claim(
-        self, *, owner: str, now: float, lease_until: float, limit: int, can_wait: bool = False
+        self,
+        *,
+        owner: str,
+        now: float,
+        lease_until: float,
+        limit: int,
+        can_wait: bool = False,
+        oldest_first: int = 0,
     ) -> list[Notification]:
         params = {
             "owner": owner,
             "now": now,
             "lease": lease_until - now,
-            "limit": limit,
+            "by_priority": limit - oldest_first,
+            "oldest_first": oldest_first,
             "interrupted": INTERRUPTED,
             "interrupted_outcome": AttemptOutcome.INTERRUPTED.value,
         }
@@ -482,7 +518,7 @@ class PostgresStore:
 
         rows = await self._write(claim)
         claimed = [from_row(r) for r in rows]
-        claimed.sort(key=lambda n: n.next_attempt_at or n.created_at)
+        claimed.sort(key=claim_order)
         return claimed
 
     async def finish_attempt(self, notification: Notification, *, lease_owner: str) -> bool:

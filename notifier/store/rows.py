@@ -11,12 +11,14 @@ from typing import Any
 import orjson
 
 from notifier.domain import (
+    PRIORITY_OF_RANK,
     Address,
     Attempt,
     AttemptOutcome,
     Content,
     Notification,
     NotificationStatus,
+    Priority,
     Recipient,
     RecipientKind,
     RecipientStatus,
@@ -45,6 +47,8 @@ INSERT_COLUMNS = (
     "updated_at",
     "expires_at",
     "visible_at",
+    "priority",
+    "send_at",
 )
 
 
@@ -77,7 +81,10 @@ def to_row(n: Notification) -> dict[str, Any]:
         "created_at": n.created_at,
         "updated_at": n.updated_at,
         "expires_at": n.expires_at,
-        "visible_at": n.created_at,
+        # Due when asked for: at once, or at its send_at.
+        "visible_at": n.send_at if n.send_at is not None else n.created_at,
+        "priority": n.priority.rank,
+        "send_at": n.send_at,
     }
 
 
@@ -126,9 +133,40 @@ def from_row(row: Any) -> Notification:
         lease_owner=row["lease_owner"],
         lease_started_at=row["lease_started_at"],
         budget_from=row["budget_from"],
+        priority=PRIORITY_OF_RANK[row["priority"]],
+        send_at=row["send_at"],
     )
 
 
 def _parsed(value: Any) -> Any:
     """A JSON column's value: text is parsed, what the driver parsed is taken as it is."""
     return orjson.loads(value) if isinstance(value, str | bytes) else value
+
+
+def claim_order(n: Notification) -> tuple[int, float]:
+    """The order claimed notifications are handed out in: by priority, then due time."""
+    return n.priority.rank, n.next_attempt_at or n.send_at or n.created_at
+
+
+def page_filter(
+    placeholder: str,
+    *,
+    owner: str | None,
+    status: NotificationStatus | None,
+    priority: Priority | None,
+    created_after: float | None,
+    created_before: float | None,
+    before_id: str | None,
+) -> tuple[str, list[object]]:
+    """The ``WHERE`` clause of a page of the list, and its parameters."""
+    conditions: list[tuple[str, object]] = [
+        (f"owner = {placeholder}", owner),
+        (f"status = {placeholder}", None if status is None else status.value),
+        (f"priority = {placeholder}", None if priority is None else priority.rank),
+        (f"created_at > {placeholder}", created_after),
+        (f"created_at < {placeholder}", created_before),
+        (f"id < {placeholder}", before_id),
+    ]
+    chosen = [(clause, value) for clause, value in conditions if value is not None]
+    where = " AND ".join(clause for clause, _ in chosen)
+    return (f"WHERE {where}" if where else ""), [value for _, value in chosen]

@@ -27,14 +27,17 @@ from notifier.domain import (
     IdempotencyRecord,
     Notification,
     NotificationStatus,
+    Priority,
 )
 from notifier.errors import StoreError, StoreLockedError
 from notifier.store.rows import (
     INSERT_COLUMNS,
     INTERRUPTED,
     attempts_json,
+    claim_order,
     dump,
     from_row,
+    page_filter,
     recipients_json,
     to_row,
 )
@@ -91,11 +94,22 @@ CREATE TABLE IF NOT EXISTS heartbeat (
 
 #: The schema's history: step ``i`` takes a database from version ``i`` to ``i + 1``.
 #: A release that changes the schema appends a step; it never edits one.
-MIGRATIONS: tuple[str, ...] = (SCHEMA,)
+#: Priority and scheduling (issue 16): priority as its rank (0 high, 1 normal, 2 low),
+#: send_at when asked for later; due work by priority for claims.
+PRIORITY_AND_SCHEDULE = """
+ALTER TABLE notifications ADD COLUMN priority INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE notifications ADD COLUMN send_at REAL;
+CREATE INDEX IF NOT EXISTS notifications_due_by_priority
+    ON notifications (priority, visible_at) WHERE visible_at IS NOT NULL;
+"""
+
+MIGRATIONS: tuple[str, ...] = (SCHEMA, PRIORITY_AND_SCHEDULE)
 SCHEMA_VERSION = len(MIGRATIONS)
 
-#: Leases due work; a row still ``sending`` (its lease expired) gets an
-#: ``interrupted`` attempt first. SET expressions read the row as it was.
+#: Leases due work: ``by_priority`` rows by priority then due time, and
+#: ``oldest_first`` rows by due time alone (so low priority work is never starved);
+#: a row still ``sending`` (its lease expired) gets an ``interrupted`` attempt first.
+#: SET expressions read the row as it was.
 CLAIM = """
 UPDATE notifications SET
     attempts = CASE WHEN status = 'sending' THEN json_insert(attempts, '$[#]', json_object(
@@ -110,7 +124,15 @@ UPDATE notifications SET
     attempt_count = attempt_count + 1,
     updated_at = :now
 WHERE id IN (
-    SELECT id FROM notifications WHERE visible_at <= :now ORDER BY visible_at LIMIT :limit
+    SELECT id FROM (
+        SELECT id FROM notifications WHERE visible_at <= :now
+        ORDER BY priority, visible_at LIMIT :by_priority
+    )
+    UNION
+    SELECT id FROM (
+        SELECT id FROM notifications WHERE visible_at <= :now
+        ORDER BY visible_at LIMIT :oldest_first
+    )
 )
 RETURNING *
 """
@@ -321,37 +343,46 @@ class SQLiteStore:
         limit: int,
         before_id: str | None,
         owner: str | None = None,
+        priority: Priority | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
     ) -> list[Notification]:
-        clauses, params = [], []
-        if owner is not None:
-            clauses.append("owner = ?")
-            params.append(owner)
-        if status is not None:
-            clauses.append("status = ?")
-            params.append(status.value)
-        if before_id is not None:
-            clauses.append("id < ?")
-            params.append(before_id)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        where, params = page_filter(
+            "?",
+            owner=owner,
+            status=status,
+            priority=priority,
+            created_after=created_after,
+            created_before=created_before,
+            before_id=before_id,
+        )
         sql = f"SELECT * FROM notifications {where} ORDER BY id DESC LIMIT ?"  # noqa: S608
         rows = await self._read(lambda c: c.execute(sql, (*params, limit)).fetchall())
         return [from_row(r) for r in rows]
 
     async def claim(
-        self, *, owner: str, now: float, lease_until: float, limit: int, can_wait: bool = False
+        self,
+        *,
+        owner: str,
+        now: float,
+        lease_until: float,
+        limit: int,
+        can_wait: bool = False,
+        oldest_first: int = 0,
     ) -> list[Notification]:
         params = {
             "owner": owner,
             "now": now,
             "lease_until": lease_until,
-            "limit": limit,
+            "by_priority": limit - oldest_first,
+            "oldest_first": oldest_first,
             "interrupted": INTERRUPTED,
             "interrupted_outcome": AttemptOutcome.INTERRUPTED.value,
         }
         rows = await self._write(lambda c: c.execute(CLAIM, params).fetchall(), can_wait=can_wait)
         claimed = [from_row(r) for r in rows]
-        # RETURNING yields rows in no particular order; hand them out oldest due first.
-        claimed.sort(key=lambda n: n.next_attempt_at or n.created_at)
+        # RETURNING yields rows in no particular order.
+        claimed.sort(key=claim_order)
         return claimed
 
     async def finish_attempt(self, notification: Notification, *, lease_owner: str) -> bool:
