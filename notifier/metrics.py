@@ -24,8 +24,8 @@ class Metrics:
         )
         self.finished = Counter(
             "notifier_notifications_finished",
-            "Notifications that reached a terminal status, by status and reason.",
-            ["status", "reason"],
+            "Notifications that reached a terminal status, by status, reason and priority.",
+            ["status", "reason", "priority"],
             registry=r,
         )
         self.attempts = Counter(
@@ -86,7 +86,7 @@ class Metrics:
             self.possible_duplicates.inc()
 
     def ended(self, n: Notification, reason: str, *, now: float) -> None:
-        self.finished.labels(n.status.value, reason).inc()
+        self.finished.labels(n.status.value, reason, n.priority.value).inc()
         if n.status.value in ("sent", "partially_sent"):
             self.delivery_seconds.observe(max(0.0, now - n.created_at))
 

@@ -36,8 +36,9 @@ async def test_metrics_count_acceptance_attempts_and_outcomes(
     assert response.headers["content-type"].startswith("text/plain")
     assert found[("notifier_notifications_accepted_total", (("priority", "normal"),))] == 2
     finished = "notifier_notifications_finished_total"
-    assert found[(finished, (("reason", "delivered"), ("status", "sent")))] == 1
-    assert found[(finished, (("reason", "refused"), ("status", "failed")))] == 1
+    normal = ("priority", "normal")
+    assert found[(finished, (normal, ("reason", "delivered"), ("status", "sent")))] == 1
+    assert found[(finished, (normal, ("reason", "refused"), ("status", "failed")))] == 1
     attempts = "notifier_attempts_total"
     assert found[(attempts, (("code_class", "4xx"), ("outcome", "deferred")))] == 1
     assert found[(attempts, (("code_class", "none"), ("outcome", "deferred")))] == 1
