@@ -128,7 +128,7 @@ async def test_high_priority_overtakes_a_backlog_of_low(
     assert f'notifier_notifications_accepted_total{{priority="low"}} {BACKLOG}.0' in metrics
 
 
-async def test_the_list_filters_by_priority_and_time_of_acceptance(
+async def test_the_list_filters_by_priority_time_of_acceptance_and_recipient(
     make_settings: MakeSettings,
 ) -> None:
     async with running_app(make_settings()) as client:
@@ -143,6 +143,8 @@ async def test_the_list_filters_by_priority_and_time_of_acceptance(
             return [doc["id"] for doc in response.json()["items"]]
 
         by_priority = await ids(priority="low")
+        by_recipient = await ids(recipient="Ada@EXAMPLE.com")  # the domain is normalised
+        bad_address = await client.get("/v1/notifications", params={"recipient": "nope"})
         after = await ids(created_after=middle)
         before = await ids(created_before=middle)
         naive = await client.get(
@@ -150,4 +152,6 @@ async def test_the_list_filters_by_priority_and_time_of_acceptance(
         )
 
     assert (by_priority, after, before) == ([low["id"]], [high["id"]], [low["id"]])
+    assert by_recipient == [high["id"], low["id"]]
     assert naive.status_code == 422
+    assert (bad_address.status_code, bad_address.json()["code"]) == (422, "invalid_request")

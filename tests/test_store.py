@@ -643,3 +643,18 @@ async def test_pages_filter_by_priority_and_time_of_acceptance(store: Store) -> 
     assert await ids(created_after=base - 200) == [new_high.id, new_low.id]
     assert await ids(created_before=base - 200) == [old_low.id]
     assert await ids(priority=Priority.LOW, created_after=base - 200) == [new_low.id]
+
+
+async def test_pages_filter_by_recipient_whatever_the_kind(store: Store) -> None:
+    both = make_notification()  # ada in to, bob in cc
+    only_carol = make_notification(recipients=[Recipient("carol@example.com", RecipientKind.BCC)])
+    for n in (both, only_carol):
+        await store.add(n)
+
+    async def ids(recipient: str) -> list[str]:
+        found = await store.page(status=None, limit=10, before_id=None, recipient=recipient)
+        return [n.id for n in found]
+
+    assert await ids("bob@example.com") == [both.id]
+    assert await ids("carol@example.com") == [only_carol.id]
+    assert await ids("dave@example.com") == []

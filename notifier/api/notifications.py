@@ -43,6 +43,7 @@ from notifier.schemas import (
     NotificationPage,
     NotificationRequest,
     accepted_body,
+    normalize_address,
     rendering_problem,
     status_body,
     to_address,
@@ -323,13 +324,22 @@ async def list_notifications(
     created_before: Annotated[
         AwareDatetime | None, Query(description="Only those accepted before this moment.")
     ] = None,
+    recipient: Annotated[
+        str | None, Query(description="Only those sent to this address (to, cc or bcc).")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[
         str | None, Query(pattern=ID_PATTERN, description="`next_cursor` of the previous page")
     ] = None,
 ) -> JSON:
     """Page through notifications; follow ``next_cursor`` until it is ``null``."""
+    if recipient is not None:
+        try:
+            recipient = normalize_address(recipient)
+        except ValueError as exc:
+            raise ApiError(422, "invalid_request", f"recipient: {exc}") from None
     found = await services.store.page(
+        recipient=recipient,
         status=status,
         limit=limit + 1,
         before_id=cursor,

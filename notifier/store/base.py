@@ -80,8 +80,10 @@ class Store(Protocol):
         priority: Priority | None = None,
         created_after: float | None = None,
         created_before: float | None = None,
+        recipient: str | None = None,
     ) -> list[Notification]:
-        """Newest first, ids strictly below ``before_id``; each filter given narrows it."""
+        """Newest first, ids strictly below ``before_id``; each filter given narrows it
+        (``recipient``: an address as stored, among to, cc and bcc)."""
 
     async def claim(
         self,

@@ -252,6 +252,13 @@ UPDATE notifications SET
 WHERE id = %(id)s
 """  # noqa: S608 - NOW is a constant
 
+#: A page's recipient filter: the address among the notification's recipients, in any
+#: case (a scan of the rows the other filters leave, not an index).
+RECIPIENT_CLAUSE = (
+    "EXISTS (SELECT 1 FROM jsonb_array_elements(recipients::jsonb) AS r "
+    "WHERE lower(r ->> 'address') = lower(%s::text))"
+)
+
 #: Rows one batched statement takes at most.
 MAX_BATCH = 512
 #: Batched statements of one kind in flight at once, each on its own pooled connection.
@@ -479,6 +486,7 @@ class PostgresStore:
         priority: Priority | None = None,
         created_after: float | None = None,
         created_before: float | None = None,
+        recipient: str | None = None,
     ) -> list[Notification]:
         where, params = page_filter(
             "%s",
@@ -488,6 +496,8 @@ class PostgresStore:
             created_after=created_after,
             created_before=created_before,
             before_id=before_id,
+            recipient=recipient,
+            recipient_clause=RECIPIENT_CLAUSE,
         )
         sql = f"SELECT * FROM notifications {where} ORDER BY id DESC LIMIT %s"  # noqa: S608
         rows = await self._fetch_all(sql, (*params, limit))

@@ -157,9 +157,16 @@ def page_filter(
     created_after: float | None,
     created_before: float | None,
     before_id: str | None,
+    recipient: str | None = None,
+    recipient_clause: str = "",
 ) -> tuple[str, list[object]]:
-    """The ``WHERE`` clause of a page of the list, and its parameters."""
+    """The ``WHERE`` clause of a page of the list, and its parameters.
+
+    ``recipient_clause`` is the store's own test that ``recipients`` holds the address
+    (a JSON column each database reads its own way), with one placeholder.
+    """
     conditions: list[tuple[str, object]] = [
+        (recipient_clause, recipient),
         (f"owner = {placeholder}", owner),
         (f"status = {placeholder}", None if status is None else status.value),
         (f"priority = {placeholder}", None if priority is None else priority.rank),

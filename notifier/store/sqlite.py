@@ -137,6 +137,12 @@ WHERE id IN (
 RETURNING *
 """
 
+#: A page's recipient filter: the address among the notification's recipients, in any
+#: case (a scan of the rows the other filters leave, not an index).
+RECIPIENT_CLAUSE = (
+    "EXISTS (SELECT 1 FROM json_each(recipients) WHERE lower(value ->> 'address') = lower(?))"
+)
+
 #: Gives back a claim that never reached the relay: no attempt happened, so none is
 #: counted, and the notification is due again as it was (queued or deferred).
 UNCLAIM = """
@@ -346,6 +352,7 @@ class SQLiteStore:
         priority: Priority | None = None,
         created_after: float | None = None,
         created_before: float | None = None,
+        recipient: str | None = None,
     ) -> list[Notification]:
         where, params = page_filter(
             "?",
@@ -355,6 +362,8 @@ class SQLiteStore:
             created_after=created_after,
             created_before=created_before,
             before_id=before_id,
+            recipient=recipient,
+            recipient_clause=RECIPIENT_CLAUSE,
         )
         sql = f"SELECT * FROM notifications {where} ORDER BY id DESC LIMIT ?"  # noqa: S608
         rows = await self._read(lambda c: c.execute(sql, (*params, limit)).fetchall())
