@@ -276,3 +276,23 @@ async def test_prepared_statements_can_be_turned_off_for_pgbouncer(
 
     assert row is not None
     assert (row["n"] > 0) is prepared
+
+
+async def test_a_replica_starting_on_an_up_to_date_schema_takes_no_table_lock(
+    postgres_url: str,
+) -> None:
+    # Another replica's transaction holds a lock on the table (as cancel's SELECT ...
+    # FOR UPDATE does before its UPDATE). Start-up DDL would queue behind it, and the
+    # other replica's next statement behind the DDL: a deadlock. Up to date, none runs.
+    first = PostgresStore(postgres_url)
+    await first.open()
+    await first.close()
+    async with await psycopg.AsyncConnection.connect(postgres_url) as other:
+        await other.execute("SELECT id FROM notifications FOR UPDATE")
+        second = PostgresStore(postgres_url)
+        await asyncio.wait_for(second.open(), DEADLINE_SECONDS)
+        try:
+            assert await second.count_pending() == 0
+        finally:
+            await second.close()
+        await other.rollback()

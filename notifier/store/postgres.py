@@ -821,16 +821,28 @@ async def _rewrite(
 
 
 async def _migrate(c: psycopg.AsyncConnection[dict[str, Any]]) -> None:
-    """Create or upgrade the schema; replicas starting together take turns."""
+    """Create or upgrade the schema; replicas starting together take turns.
+
+    A schema already up to date is left alone: its DDL (``ALTER TABLE``) would take the
+    table's exclusive lock at every start, behind the other replicas' transactions and
+    ahead of their next statements, which deadlocked.
+    """
     await c.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-    await c.execute(SCHEMA)
-    row = await (await c.execute("SELECT version FROM notifier_schema WHERE id = 1")).fetchone()
-    version = 0 if row is None else int(row["version"])
+    found = await (
+        await c.execute("SELECT to_regclass('notifier_schema') IS NOT NULL AS present")
+    ).fetchone()
+    version = 0
+    if found is not None and found["present"]:
+        row = await (await c.execute("SELECT version FROM notifier_schema WHERE id = 1")).fetchone()
+        version = 0 if row is None else int(row["version"])
     if version > SCHEMA_VERSION:
         raise StoreError(
             f"the database's schema version {version} is newer than this notifier's "
             f"({SCHEMA_VERSION}): run the newer notifier, or restore a backup"
         )
+    if version == SCHEMA_VERSION:
+        return
+    await c.execute(SCHEMA)
     await c.execute(
         "INSERT INTO notifier_schema (id, version) VALUES (1, %s) "
         "ON CONFLICT (id) DO UPDATE SET version = excluded.version",
