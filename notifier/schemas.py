@@ -39,6 +39,7 @@ from notifier.domain import (
     RecipientStatus,
     new_id,
 )
+from notifier.headers import checked_headers
 from notifier.message import message_id_for
 from notifier.records import attempt_record, iso, recipient_record
 from notifier.templates import Rendered
@@ -48,8 +49,6 @@ from notifier.templates import Rendered
 _HEADER_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 #: In bodies, tab and line breaks are text; other C0 controls and surrogates are not.
 _BODY_UNSAFE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
-#: ``X-`` and printable ASCII without colon; short enough to never need folding.
-_CUSTOM_HEADER_NAME = re.compile(r"[Xx]-[!-9;-~]{1,62}")
 
 MAX_HEADER_VALUE = 998
 MAX_LOCAL_PART_OCTETS = 64  # RFC 5321 section 4.5.3.1.1
@@ -195,10 +194,9 @@ class NotificationRequest(BaseModel):
         elif self.text is None and self.html is None:
             raise ValueError("give `text`, `html`, or both (or a `template`)")
         for name, value in self.headers.items():
-            if not _CUSTOM_HEADER_NAME.fullmatch(name):
-                raise ValueError(f"header {name!r}: only custom `X-` headers may be set")
             if len(value) > MAX_HEADER_VALUE:
                 raise ValueError(f"header {name!r} is longer than {MAX_HEADER_VALUE} characters")
+        self.headers = checked_headers(self.headers)
         _check_metadata(self.metadata)
         return self
 
