@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from notifier.domain import Attempt, Notification
+from notifier.domain import Attempt, Notification, Priority
 
 #: Seconds; SMTP transactions on loopback take milliseconds, slow relays seconds.
 SEND_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
@@ -22,6 +22,8 @@ class Metrics:
             ["priority"],
             registry=r,
         )
+        # Looked up once: labels() takes a lock and a dict lookup on every accept.
+        self._accepted_by = {p: self.accepted.labels(p.value) for p in Priority}
         self.finished = Counter(
             "notifier_notifications_finished",
             "Notifications that reached a terminal status, by status, reason and priority.",
@@ -79,6 +81,9 @@ class Metrics:
             registry=r,
         )
         self._http_children: dict[tuple[str, int], Counter] = {}
+
+    def accepted_one(self, priority: Priority) -> None:
+        self._accepted_by[priority].inc()
 
     def attempted(self, attempt: Attempt) -> None:
         self.attempts.labels(attempt.outcome, code_class(attempt.smtp_code)).inc()

@@ -230,11 +230,12 @@ class NotificationRequest(BaseModel):
         when it names one. ``send_at`` and ``expires_at`` are checked by the caller."""
         notification_id = new_id()
         send_at = self.send_at.timestamp() if self.send_at is not None else None
-        later = send_at is not None and send_at > now
-        due = send_at if later and send_at is not None else now
+        if send_at is not None and send_at <= now:
+            send_at = None  # a moment already past: send at once
+        due = now if send_at is None else send_at
         return Notification(
             id=notification_id,
-            status=NotificationStatus.SCHEDULED if later else NotificationStatus.QUEUED,
+            status=NotificationStatus.QUEUED if send_at is None else NotificationStatus.SCHEDULED,
             content=self.content(sender, rendered),
             recipients=self.recipients(),
             message_id=message_id_for(notification_id, sender.address),
@@ -244,7 +245,7 @@ class NotificationRequest(BaseModel):
             metadata=self.metadata,
             owner=owner,
             priority=self.priority,
-            send_at=due if later else None,
+            send_at=send_at,
         )
 
     def schedule_problem(self, *, now: float, ahead: float, lifetime: float) -> str | None:

@@ -134,6 +134,10 @@ class TemplateLibrary:
     def names(self) -> list[str]:
         return sorted(self._templates)
 
+    def all(self) -> list[Template]:
+        """Every template, by name."""
+        return [self._templates[name] for name in self.names()]
+
     def get(self, name: str) -> Template | None:
         return self._templates.get(name)
 

@@ -32,7 +32,7 @@ from notifier.domain import (
 )
 from notifier.errors import StoreError, StoreLockedError
 from notifier.retention import Retention
-from notifier.store import SQLiteStore, Store
+from notifier.store import PageFilter, SQLiteStore, Store
 from notifier.store.postgres import PostgresStore
 from tests.conftest import DEADLINE_SECONDS
 
@@ -161,7 +161,7 @@ async def test_concurrent_adds_are_all_committed(store: Store) -> None:
 
     await asyncio.gather(*(store.add(n) for n in notifications))
 
-    page = await store.page(status=None, limit=500, before_id=None)
+    page = await store.page(limit=500, before_id=None)
     assert {n.id for n in page} == {n.id for n in notifications}
     assert await store.count_pending() == 200
 
@@ -419,10 +419,15 @@ async def test_page_is_newest_first_with_filters_and_cursor(store: Store) -> Non
     for n in [*added, stranger]:
         await store.add(n)
 
-    first = await store.page(status=None, limit=2, before_id=None, owner="owner-1")
-    rest = await store.page(status=None, limit=10, before_id=first[-1].id, owner="owner-1")
-    sending = await store.page(status=NotificationStatus.SENDING, limit=10, before_id=None)
-    everyone = await store.page(status=NotificationStatus.QUEUED, limit=10, before_id=None)
+    mine = PageFilter(owner="owner-1")
+    first = await store.page(limit=2, before_id=None, filters=mine)
+    rest = await store.page(limit=10, before_id=first[-1].id, filters=mine)
+    sending = await store.page(
+        limit=10, before_id=None, filters=PageFilter(status=NotificationStatus.SENDING)
+    )
+    everyone = await store.page(
+        limit=10, before_id=None, filters=PageFilter(status=NotificationStatus.QUEUED)
+    )
 
     assert [n.id for n in first + rest] == [n.id for n in reversed(added)]
     assert sending == []
@@ -636,7 +641,7 @@ async def test_pages_filter_by_priority_and_time_of_acceptance(store: Store) -> 
         await store.add(n)
 
     async def ids(**filters: object) -> list[str]:
-        found = await store.page(status=None, limit=10, before_id=None, **filters)  # type: ignore[arg-type]
+        found = await store.page(limit=10, before_id=None, filters=PageFilter(**filters))  # type: ignore[arg-type]
         return [n.id for n in found]
 
     assert await ids(priority=Priority.LOW) == [new_low.id, old_low.id]
@@ -652,7 +657,7 @@ async def test_pages_filter_by_recipient_whatever_the_kind(store: Store) -> None
         await store.add(n)
 
     async def ids(recipient: str) -> list[str]:
-        found = await store.page(status=None, limit=10, before_id=None, recipient=recipient)
+        found = await store.page(limit=10, before_id=None, filters=PageFilter(recipient=recipient))
         return [n.id for n in found]
 
     assert await ids("bob@example.com") == [both.id]

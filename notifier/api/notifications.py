@@ -28,6 +28,7 @@ from notifier.api.openapi import (
 from notifier.api.problem import ApiError
 from notifier.api.responses import JSON, RawJSON
 from notifier.api.services import Services, ServicesDep, services_of
+from notifier.api.templates import render_or_refuse
 from notifier.domain import (
     Address,
     IdempotencyRecord,
@@ -44,12 +45,12 @@ from notifier.schemas import (
     NotificationRequest,
     accepted_body,
     normalize_address,
-    rendering_problem,
     status_body,
     to_address,
 )
 from notifier.settings import Settings
-from notifier.templates import Rendered, TemplateError
+from notifier.store import PageFilter
+from notifier.templates import Rendered
 
 router = APIRouter(prefix="/v1/notifications", tags=["notifications"])
 
@@ -206,14 +207,7 @@ def _render(body: NotificationRequest, services: Services) -> Rendered | None:
     retry sends what was stored."""
     if body.template is None:
         return None
-    try:
-        rendered = services.templates.library.render(body.template, body.data or {})
-    except TemplateError as exc:
-        raise ApiError(422, exc.code, str(exc)) from None
-    problem = rendering_problem(rendered)
-    if problem is not None:
-        raise ApiError(422, "template_render_failed", problem)
-    return rendered
+    return render_or_refuse(services.templates, body.template, body.data or {}, unknown=422)
 
 
 async def _admit(
@@ -267,7 +261,7 @@ async def _admit(
     if taken is not None:
         return _replay(taken, record.request_hash if record else "")
     services.backpressure.accepted()
-    services.metrics.accepted.labels(notification.priority.value).inc()
+    services.metrics.accepted_one(notification.priority)
     # After the answer is sent: queue the acknowledgment, wake the dispatcher.
     after = partial(services.on_accepted, notification)
     return RawJSON(answer, 202, {"Location": location}, after)
@@ -338,16 +332,15 @@ async def list_notifications(
             recipient = normalize_address(recipient)
         except ValueError as exc:
             raise ApiError(422, "invalid_request", f"recipient: {exc}") from None
-    found = await services.store.page(
-        recipient=recipient,
-        status=status,
-        limit=limit + 1,
-        before_id=cursor,
+    filters = PageFilter(
         owner=owner_of(caller),
+        status=status,
         priority=priority,
         created_after=None if created_after is None else created_after.timestamp(),
         created_before=None if created_before is None else created_before.timestamp(),
+        recipient=recipient,
     )
+    found = await services.store.page(limit=limit + 1, before_id=cursor, filters=filters)
     items = found[:limit]
     next_cursor = items[-1].id if len(found) > limit else None
     return JSON({"items": [status_body(n) for n in items], "next_cursor": next_cursor})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path
@@ -13,7 +14,7 @@ from notifier.api.problem import ApiError
 from notifier.api.responses import JSON
 from notifier.api.services import ServicesDep
 from notifier.schemas import rendering_problem
-from notifier.templates import TemplateError
+from notifier.templates import Rendered, TemplateError, Templates
 
 router = APIRouter(prefix="/v1/templates", tags=["templates"])
 
@@ -53,6 +54,22 @@ class TemplatePreview(BaseModel):
     html: str | None
 
 
+def render_or_refuse(
+    templates: Templates, name: str, data: Mapping[str, Any], *, unknown: int
+) -> Rendered:
+    """What template ``name`` gives for ``data``, checked as a written message is; else
+    the API error naming what is wrong (``unknown`` is the status for no such template)."""
+    try:
+        rendered = templates.library.render(name, data)
+    except TemplateError as exc:
+        status = unknown if exc.code == "unknown_template" else 422
+        raise ApiError(status, exc.code, str(exc)) from None
+    problem = rendering_problem(rendered)
+    if problem is not None:
+        raise ApiError(422, "template_render_failed", problem)
+    return rendered
+
+
 @router.get(
     "",
     response_model=TemplateList,
@@ -62,12 +79,10 @@ class TemplatePreview(BaseModel):
 )
 async def list_templates(services: ServicesDep, caller: CallerDep) -> JSON:
     """The templates read from ``NOTIFIER_TEMPLATE_DIR`` (at start-up or the last SIGHUP)."""
-    library = services.templates.library
-    items = []
-    for name in library.names():
-        template = library.get(name)
-        assert template is not None
-        items.append({"name": name, "variables": list(template.variables), "parts": template.parts})
+    items = [
+        {"name": t.name, "variables": list(t.variables), "parts": t.parts}
+        for t in services.templates.library.all()
+    ]
     return JSON({"items": items})
 
 
@@ -94,13 +109,7 @@ async def preview_template(
 ) -> JSON:
     """The subject and bodies ``POST /v1/notifications`` would store for this ``data``;
     nothing is stored."""
-    try:
-        rendered = services.templates.library.render(name, body.data)
-    except TemplateError as exc:
-        raise ApiError(404 if exc.code == "unknown_template" else 422, exc.code, str(exc)) from None
-    problem = rendering_problem(rendered)
-    if problem is not None:
-        raise ApiError(422, "template_render_failed", problem)
+    rendered = render_or_refuse(services.templates, name, body.data, unknown=404)
     return JSON(
         {
             "template": rendered.template,

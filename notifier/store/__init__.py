@@ -1,7 +1,7 @@
 """Durable storage of notifications: the Store protocol and its backends."""
 
 from notifier.settings import Settings
-from notifier.store.base import Store
+from notifier.store.base import PageFilter, Store
 from notifier.store.sqlite import SQLiteStore
 
 
@@ -19,4 +19,4 @@ def store_for(settings: Settings) -> Store:
     return SQLiteStore(settings.sqlite_path, busy_timeout=settings.store_busy_timeout)
 
 
-__all__ = ["SQLiteStore", "Store", "store_for"]
+__all__ = ["PageFilter", "SQLiteStore", "Store", "store_for"]

@@ -3,9 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from notifier.domain import IdempotencyRecord, Notification, NotificationStatus, Priority
+
+
+@dataclass(frozen=True)
+class PageFilter:
+    """What a page of the list is narrowed to; ``None`` narrows nothing."""
+
+    owner: str | None = None
+    status: NotificationStatus | None = None
+    priority: Priority | None = None
+    #: Epoch seconds, exclusive.
+    created_after: float | None = None
+    created_before: float | None = None
+    #: An address among to, cc and bcc, in any case.
+    recipient: str | None = None
+
+
+#: No narrowing: every notification (the default of :meth:`Store.page`).
+EVERYTHING = PageFilter()
 
 
 class Store(Protocol):
@@ -71,19 +90,9 @@ class Store(Protocol):
     async def get(self, notification_id: str) -> Notification | None: ...
 
     async def page(
-        self,
-        *,
-        status: NotificationStatus | None,
-        limit: int,
-        before_id: str | None,
-        owner: str | None = None,
-        priority: Priority | None = None,
-        created_after: float | None = None,
-        created_before: float | None = None,
-        recipient: str | None = None,
+        self, *, limit: int, before_id: str | None, filters: PageFilter = EVERYTHING
     ) -> list[Notification]:
-        """Newest first, ids strictly below ``before_id``; each filter given narrows it
-        (``recipient``: an address as stored, among to, cc and bcc)."""
+        """Newest first, ids strictly below ``before_id``, narrowed by ``filters``."""
 
     async def claim(
         self,

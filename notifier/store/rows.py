@@ -18,12 +18,12 @@ from notifier.domain import (
     Content,
     Notification,
     NotificationStatus,
-    Priority,
     Recipient,
     RecipientKind,
     RecipientStatus,
 )
 from notifier.records import attempt_record, content_record, recipient_record
+from notifier.store.base import PageFilter
 
 #: Stored values back to members: a dict lookup, where calling the enum costs ten times more.
 _NOTIFICATION_STATUS = {member.value: member for member in NotificationStatus}
@@ -149,29 +149,21 @@ def claim_order(n: Notification) -> tuple[int, float]:
 
 
 def page_filter(
-    placeholder: str,
-    *,
-    owner: str | None,
-    status: NotificationStatus | None,
-    priority: Priority | None,
-    created_after: float | None,
-    created_before: float | None,
-    before_id: str | None,
-    recipient: str | None = None,
-    recipient_clause: str = "",
+    placeholder: str, filters: PageFilter, before_id: str | None, *, recipient_clause: str
 ) -> tuple[str, list[object]]:
     """The ``WHERE`` clause of a page of the list, and its parameters.
 
     ``recipient_clause`` is the store's own test that ``recipients`` holds the address
     (a JSON column each database reads its own way), with one placeholder.
     """
+    f = filters
     conditions: list[tuple[str, object]] = [
-        (recipient_clause, recipient),
-        (f"owner = {placeholder}", owner),
-        (f"status = {placeholder}", None if status is None else status.value),
-        (f"priority = {placeholder}", None if priority is None else priority.rank),
-        (f"created_at > {placeholder}", created_after),
-        (f"created_at < {placeholder}", created_before),
+        (recipient_clause, f.recipient),
+        (f"owner = {placeholder}", f.owner),
+        (f"status = {placeholder}", None if f.status is None else f.status.value),
+        (f"priority = {placeholder}", None if f.priority is None else f.priority.rank),
+        (f"created_at > {placeholder}", f.created_after),
+        (f"created_at < {placeholder}", f.created_before),
         (f"id < {placeholder}", before_id),
     ]
     chosen = [(clause, value) for clause, value in conditions if value is not None]

@@ -27,9 +27,9 @@ from notifier.domain import (
     IdempotencyRecord,
     Notification,
     NotificationStatus,
-    Priority,
 )
 from notifier.errors import StoreError, StoreLockedError
+from notifier.store.base import EVERYTHING, PageFilter
 from notifier.store.rows import (
     INSERT_COLUMNS,
     INTERRUPTED,
@@ -343,28 +343,9 @@ class SQLiteStore:
         return None if row is None else from_row(row)
 
     async def page(
-        self,
-        *,
-        status: NotificationStatus | None,
-        limit: int,
-        before_id: str | None,
-        owner: str | None = None,
-        priority: Priority | None = None,
-        created_after: float | None = None,
-        created_before: float | None = None,
-        recipient: str | None = None,
+        self, *, limit: int, before_id: str | None, filters: PageFilter = EVERYTHING
     ) -> list[Notification]:
-        where, params = page_filter(
-            "?",
-            owner=owner,
-            status=status,
-            priority=priority,
-            created_after=created_after,
-            created_before=created_before,
-            before_id=before_id,
-            recipient=recipient,
-            recipient_clause=RECIPIENT_CLAUSE,
-        )
+        where, params = page_filter("?", filters, before_id, recipient_clause=RECIPIENT_CLAUSE)
         sql = f"SELECT * FROM notifications {where} ORDER BY id DESC LIMIT ?"  # noqa: S608
         rows = await self._read(lambda c: c.execute(sql, (*params, limit)).fetchall())
         return [from_row(r) for r in rows]
