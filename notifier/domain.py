@@ -142,6 +142,17 @@ class Attempt:
 
 
 @dataclass(frozen=True, slots=True)
+class Attachment:
+    """A file sent with a message: what the status document shows of it. Its bytes are
+    stored apart, as the MIME part they are sent as (:mod:`notifier.attachments`)."""
+
+    filename: str
+    content_type: str
+    #: Bytes of the file, decoded.
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
 class Content:
     """What the message says; fixed once accepted."""
 
@@ -161,6 +172,7 @@ class Content:
     headers: dict[str, str] = field(default_factory=dict)
     #: The template the subject and bodies were rendered from, if any.
     template: str | None = None
+    attachments: tuple[Attachment, ...] = ()
 
 
 @dataclass(slots=True)
@@ -187,6 +199,9 @@ class Notification:
     priority: Priority = Priority.NORMAL
     #: When it was asked to be sent, if later than accepted (``scheduled`` until then).
     send_at: float | None = None
+    #: The MIME parts of its attachments, while it is being stored; the store keeps them
+    #: apart and does not load them with the notification.
+    attachment_parts: tuple[bytes, ...] = ()
 
     @property
     def cancellable(self) -> bool:

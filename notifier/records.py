@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, overload
 
-from notifier.domain import Address, Attempt, Content, Recipient
+from notifier.domain import Address, Attachment, Attempt, Content, Recipient
 
 #: What an acknowledgment line says of each recipient: who, and how it ended.
 ACK_RECIPIENT_FIELDS = ("address", "kind", "status")
@@ -51,7 +51,12 @@ def content_record(c: Content) -> dict[str, Any]:
         "html": c.html,
         "headers": c.headers,
         "template": c.template,
+        "attachments": [attachment_record(a) for a in c.attachments],
     }
+
+
+def attachment_record(a: Attachment) -> dict[str, Any]:
+    return {"filename": a.filename, "content_type": a.content_type, "size": a.size}
 
 
 def recipient_record(r: Recipient) -> dict[str, Any]:

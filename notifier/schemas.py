@@ -27,8 +27,15 @@ from pydantic import (
     model_validator,
 )
 
+from notifier.attachments import (
+    checked_content_type,
+    decoded_base64,
+    encoded_part,
+    sanitised_filename,
+)
 from notifier.domain import (
     Address,
+    Attachment,
     AttemptOutcome,
     Content,
     Notification,
@@ -41,7 +48,7 @@ from notifier.domain import (
 )
 from notifier.headers import checked_headers
 from notifier.message import message_id_for
-from notifier.records import attempt_record, iso, recipient_record
+from notifier.records import attachment_record, attempt_record, iso, recipient_record
 from notifier.templates import Rendered
 
 #: Anything that could end or forge a header line: C0/C1 controls, DEL, Unicode
@@ -113,6 +120,31 @@ AddressIn = Annotated[
 ]
 
 
+def _base64_content(value: object) -> object:
+    return decoded_base64(value) if isinstance(value, str) else value
+
+
+class AttachmentIn(BaseModel):
+    """A file to send with the message."""
+
+    model_config = ConfigDict(extra="forbid", ser_json_bytes="base64")
+
+    filename: Annotated[str, AfterValidator(sanitised_filename)] = Field(
+        max_length=1024,
+        description="The name mail clients save it under; folders and control characters "
+        "are removed, and a name that is not ASCII is sent in RFC 2231 form.",
+    )
+    content_type: Annotated[str, AfterValidator(checked_content_type)] = Field(
+        max_length=256, description="Its media type, such as `application/pdf`."
+    )
+    content: Annotated[bytes, BeforeValidator(_base64_content, json_schema_input_type=str)] = Field(
+        description="The file, in standard base64 (RFC 4648)."
+    )
+
+    def described(self) -> Attachment:
+        return Attachment(self.filename, self.content_type, len(self.content))
+
+
 def _as_list(value: object) -> object:
     return [value] if isinstance(value, str | dict) else value
 
@@ -166,6 +198,11 @@ class NotificationRequest(BaseModel):
     )
     headers: dict[str, HeaderText] = Field(default_factory=dict, max_length=MAX_CUSTOM_HEADERS)
     metadata: dict[str, Any] = Field(default_factory=dict)
+    attachments: list[AttachmentIn] = Field(
+        default_factory=list,
+        description="Files sent with it: at most `NOTIFIER_MAX_ATTACHMENTS`, and "
+        "`NOTIFIER_MAX_ATTACHMENT_BYTES` decoded bytes in all.",
+    )
     priority: Priority = Field(
         default=Priority.NORMAL,
         description="Due work is sent highest priority first; `low` still moves while "
@@ -246,7 +283,20 @@ class NotificationRequest(BaseModel):
             owner=owner,
             priority=self.priority,
             send_at=send_at,
+            attachment_parts=tuple(
+                encoded_part(a.described(), a.content) for a in self.attachments
+            ),
         )
+
+    @property
+    def recipient_count(self) -> int:
+        """To, cc and bcc together, as the limits count them."""
+        return len(self.to) + len(self.cc) + len(self.bcc)
+
+    @property
+    def attachment_bytes(self) -> int:
+        """Decoded bytes of all the attachments together."""
+        return sum(len(a.content) for a in self.attachments)
 
     def schedule_problem(self, *, now: float, ahead: float, lifetime: float) -> str | None:
         """Why ``send_at`` or ``expires_at`` cannot be kept, or ``None``."""
@@ -275,6 +325,7 @@ class NotificationRequest(BaseModel):
             html=self.html if rendered is None else rendered.html,
             headers=dict(self.headers),
             template=None if rendered is None else rendered.template,
+            attachments=tuple(a.described() for a in self.attachments),
         )
 
 
@@ -364,6 +415,12 @@ class AttemptOut(BaseModel):
     possible_duplicate: bool
 
 
+class AttachmentOut(BaseModel):
+    filename: str
+    content_type: str
+    size: int = Field(description="Bytes, decoded.")
+
+
 class NotificationOut(BaseModel):
     id: str
     status: NotificationStatus
@@ -371,6 +428,7 @@ class NotificationOut(BaseModel):
     template: str | None = Field(description="The template it was rendered from, if any.")
     priority: Priority
     send_at: datetime | None = Field(description="When it is held until, if it was scheduled.")
+    attachments: list[AttachmentOut]
     recipients: list[RecipientOut]
     attempts: list[AttemptOut]
     attempt_count: int
@@ -439,6 +497,7 @@ def status_body(n: Notification) -> dict[str, Any]:
         "template": n.content.template,
         "priority": n.priority.value,
         "send_at": iso(n.send_at),
+        "attachments": [attachment_record(a) for a in n.content.attachments],
         "recipients": [recipient_record(r) for r in n.recipients],
         "attempts": [attempt_record(a, iso) for a in n.attempts],
         "attempt_count": n.attempt_count,

@@ -102,8 +102,12 @@ class Settings(BaseSettings):
     relay_check_interval: float = Field(default=30.0, ge=0)
 
     # Limits
-    max_request_bytes: int = Field(default=1024 * 1024, ge=1024)
+    #: Room for the largest attachments allowed, in base64, and the rest of a request.
+    max_request_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     max_recipients: int = Field(default=100, ge=1)
+    max_attachments: int = Field(default=10, ge=0)
+    #: Decoded bytes of all of one notification's attachments together.
+    max_attachment_bytes: int = Field(default=10 * 1024 * 1024, ge=0)
     max_pending: int = Field(default=100_000, ge=1)
 
     # Storage behaviour
@@ -154,6 +158,13 @@ class Settings(BaseSettings):
             )
         if self.retry_initial_delay > self.retry_max_delay:
             raise ValueError("NOTIFIER_RETRY_INITIAL_DELAY exceeds NOTIFIER_RETRY_MAX_DELAY")
+        if self.max_request_bytes < attachments_in_base64(self.max_attachment_bytes):
+            raise ValueError(
+                f"NOTIFIER_MAX_REQUEST_BYTES ({self.max_request_bytes}) cannot hold "
+                f"NOTIFIER_MAX_ATTACHMENT_BYTES ({self.max_attachment_bytes}) in base64: raise "
+                f"it to at least {attachments_in_base64(self.max_attachment_bytes)}, or lower "
+                "NOTIFIER_MAX_ATTACHMENT_BYTES"
+            )
         return self
 
     @property
@@ -254,6 +265,12 @@ class Settings(BaseSettings):
                 value = redacted_url(str(value))
             shown[f"NOTIFIER_{name.upper()}"] = value
         return shown
+
+
+def attachments_in_base64(size: int) -> int:
+    """Request bytes that ``size`` bytes of attachments take in base64, with 64 KiB to
+    spare for the rest of the request (none when attachments are off)."""
+    return -(-size // 3) * 4 + 64 * 1024 if size else 0
 
 
 def _split_commas(value: object) -> object:

@@ -131,7 +131,7 @@ async def test_too_many_recipients_is_422(make_settings: MakeSettings) -> None:
 
 
 async def test_oversized_body_is_413_and_nothing_is_stored(make_settings: MakeSettings) -> None:
-    async with running_app(make_settings(max_request_bytes=2048)) as client:
+    async with running_app(make_settings(max_request_bytes=2048, max_attachment_bytes=0)) as client:
         response = await client.post("/v1/notifications", json=notification(text="x" * 4096))
         listed = await client.get("/v1/notifications")
 
@@ -147,7 +147,7 @@ async def test_oversized_body_without_content_length_is_413(make_settings: MakeS
             yield b"x" * 512
         yield b'"}'
 
-    async with running_app(make_settings(max_request_bytes=2048)) as client:
+    async with running_app(make_settings(max_request_bytes=2048, max_attachment_bytes=0)) as client:
         response = await client.post(
             "/v1/notifications", content=chunks(), headers={"content-type": "application/json"}
         )

@@ -50,7 +50,9 @@ async def test_answers_are_counted_by_route_template_and_status_class(
 async def test_rate_limited_and_oversized_answers_are_counted_under_their_route(
     make_settings: MakeSettings,
 ) -> None:
-    settings = make_settings(rate_limit_requests_per_minute=1, max_request_bytes=1024)
+    settings = make_settings(
+        rate_limit_requests_per_minute=1, max_request_bytes=1024, max_attachment_bytes=0
+    )
     async with running_app(settings) as client:
         first = await client.get("/v1/notifications")
         limited = await client.get("/v1/notifications")

@@ -40,6 +40,7 @@ async def test_a_database_of_an_earlier_schema_opens_with_nothing_lost(
         key = await store.find_idempotency("owner-1", "key-1")
         now = time.time()
         claimed = await store.claim(owner="b", now=now, lease_until=now + 60, limit=10)
+        parts = await store.attachment_parts(QUEUED)
     finally:
         await store.close()
     with sqlite3.connect(path) as connection:
@@ -51,6 +52,7 @@ async def test_a_database_of_an_earlier_schema_opens_with_nothing_lost(
     assert (queued.status, queued.acknowledged) == (NotificationStatus.QUEUED, True)
     # Columns added since: every earlier notification is normal priority, unscheduled.
     assert (queued.priority, queued.send_at) == (Priority.NORMAL, None)
+    assert (queued.content.attachments, parts) == ((), [])
     assert (sent.status, sent.acknowledged) == (NotificationStatus.SENT, True)
     assert key is not None
     assert key.notification_id == SENT

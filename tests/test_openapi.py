@@ -252,6 +252,7 @@ async def test_answers_carry_exactly_the_headers_their_operations_declare(
         api_keys=[KEY],
         auth_disabled=False,
         max_request_bytes=1024,
+        max_attachment_bytes=0,
         retry_initial_delay=60.0,
         retry_max_delay=60.0,
         store_busy_timeout=0.1,

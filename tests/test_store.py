@@ -18,6 +18,7 @@ import pytest
 
 from notifier.domain import (
     Address,
+    Attachment,
     Attempt,
     AttemptOutcome,
     Content,
@@ -544,6 +545,39 @@ async def test_retention_purges_only_old_finished_and_acknowledged_notifications
     assert await store.get(old_done.id) is None
     for kept in (old_unacked, old_pending, recent_done):
         assert await store.get(kept.id) is not None
+
+
+async def test_attachments_are_stored_apart_read_back_in_order_and_purged_with_it(
+    store: Store,
+) -> None:
+    files = (Attachment("a.pdf", "application/pdf", 3), Attachment("b.txt", "text/plain", 0))
+    parts = (b"part one\r\n" + bytes(range(256)), b"part two\r\n")
+    with_files = make_notification(
+        content=replace(make_notification().content, attachments=files), attachment_parts=parts
+    )
+    without = make_notification()
+    await store.add(with_files)
+    await store.add(without)
+
+    stored = await store.get(with_files.id)
+    assert stored is not None
+    assert stored.content.attachments == files
+    assert stored.attachment_parts == ()  # not loaded with the notification
+    assert await store.attachment_parts(with_files.id) == list(parts)
+    assert await store.attachment_parts(without.id) == []
+    claimed = await claim(store, "a", limit=2)
+    assert {n.id for n in claimed} == {with_files.id, without.id}
+    assert all(n.attachment_parts == () for n in claimed)
+
+    for n in claimed:
+        n.status = NotificationStatus.SENT
+        n.updated_at = NOW
+        await store.finish_attempt(n, lease_owner="a")
+    await store.mark_acknowledged(accepted=[], final=[with_files.id, without.id])
+    purged = await Retention(store, keep=600, clock=lambda: NOW + 1000).purge_once()
+
+    assert purged == (2, 0)
+    assert await store.attachment_parts(with_files.id) == []
 
 
 async def test_attempts_and_recipients_read_back_whole(store: Store) -> None:

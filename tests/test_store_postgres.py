@@ -82,19 +82,21 @@ async def test_a_schema_newer_than_this_notifier_is_refused(postgres_url: str) -
     with psycopg.connect(postgres_url, autocommit=True) as connection:
         connection.execute("UPDATE notifier_schema SET version = version + 1")
 
-    with pytest.raises(StoreError, match="schema version 3 is newer than this notifier"):
+    with pytest.raises(StoreError, match="schema version 4 is newer than this notifier"):
         await PostgresStore(postgres_url).open()
 
 
-async def test_a_database_of_the_first_schema_gains_priority_and_send_at(
+async def test_a_database_of_the_first_schema_gains_priority_send_at_and_attachments(
     postgres_url: str,
 ) -> None:
-    # Version 1 as the first release wrote it: without the columns of version 2.
+    # Version 1 as the first release wrote it: without the columns of version 2 and the
+    # table of version 3.
     first = PostgresStore(postgres_url)
     await first.open()
     await first.close()
     old = make_notification()
     with psycopg.connect(postgres_url, autocommit=True) as connection:
+        connection.execute("DROP TABLE attachments")
         connection.execute("DROP INDEX notifications_due_by_priority")
         connection.execute("ALTER TABLE notifications DROP COLUMN priority, DROP COLUMN send_at")
         connection.execute("UPDATE notifier_schema SET version = 1")
@@ -112,12 +114,14 @@ async def test_a_database_of_the_first_schema_gains_priority_and_send_at(
         kept = await store.get(old.id)
         now = time.time()
         claimed = await store.claim(owner="a", now=now, lease_until=now + LEASE, limit=5)
+        parts = await store.attachment_parts(old.id)
     finally:
         await store.close()
     with psycopg.connect(postgres_url) as connection:
         version = connection.execute("SELECT version FROM notifier_schema").fetchone()
 
-    assert version == (2,)
+    assert version == (3,)
+    assert parts == []
     assert kept is not None
     assert (kept.priority, kept.send_at, kept.content) == (Priority.NORMAL, None, old.content)
     assert [n.id for n in claimed] == [old.id]

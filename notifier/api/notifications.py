@@ -136,23 +136,8 @@ async def create_notification(
     """
     services = services_of(request)
     key = checked_key(idempotency_key)
-    settings = services.settings
-    count = len(body.to) + len(body.cc) + len(body.bcc)
-    if count > settings.max_recipients:
-        raise ApiError(
-            422,
-            "too_many_recipients",
-            f"{count} recipients; at most {settings.max_recipients} per notification",
-        )
-    sender = _sender(body.sender, settings, caller)
-    if body.send_at is not None or body.expires_at is not None:
-        problem = body.schedule_problem(
-            now=time.time(), ahead=settings.max_schedule_ahead, lifetime=settings.message_lifetime
-        )
-        if problem is not None:
-            raise ApiError(422, "invalid_schedule", problem)
-    rendered = _render(body, services)
-    services.rate_limiter.recipients(caller, count)
+    sender, rendered = _checked(body, services, caller)
+    services.rate_limiter.recipients(caller, body.recipient_count)
     if key is None:
         return await _admit(body, rendered, sender, services, caller, None)
     owner = owner_of(caller) or ""
@@ -199,6 +184,50 @@ router.add_api_route(
         ),
     },
 )
+
+
+def _checked(
+    body: NotificationRequest, services: Services, caller: ApiKey | None
+) -> tuple[Address, Rendered | None]:
+    """What a valid request needs beyond its own fields, checked in the documented order:
+    recipients, sender, schedule, attachments, template; raises ``ApiError``. Returns
+    the sender and what the template rendered."""
+    settings = services.settings
+    count = body.recipient_count
+    if count > settings.max_recipients:
+        raise ApiError(
+            422,
+            "too_many_recipients",
+            f"{count} recipients; at most {settings.max_recipients} per notification",
+        )
+    sender = _sender(body.sender, settings, caller)
+    if body.send_at is not None or body.expires_at is not None:
+        problem = body.schedule_problem(
+            now=time.time(), ahead=settings.max_schedule_ahead, lifetime=settings.message_lifetime
+        )
+        if problem is not None:
+            raise ApiError(422, "invalid_schedule", problem)
+    if body.attachments:
+        _check_attachments(body, settings)
+    return sender, _render(body, services)
+
+
+def _check_attachments(body: NotificationRequest, settings: Settings) -> None:
+    if len(body.attachments) > settings.max_attachments:
+        raise ApiError(
+            422,
+            "too_many_attachments",
+            f"{len(body.attachments)} attachments; at most {settings.max_attachments} per "
+            "notification (NOTIFIER_MAX_ATTACHMENTS)",
+        )
+    total = body.attachment_bytes
+    if total > settings.max_attachment_bytes:
+        raise ApiError(
+            422,
+            "attachments_too_large",
+            f"the attachments hold {total} bytes; at most {settings.max_attachment_bytes} per "
+            "notification (NOTIFIER_MAX_ATTACHMENT_BYTES)",
+        )
 
 
 def _render(body: NotificationRequest, services: Services) -> Rendered | None:

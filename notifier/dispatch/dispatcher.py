@@ -19,6 +19,7 @@ from functools import partial
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 from tenacity.wait import wait_base
 
+from notifier.attachments import with_attachments
 from notifier.dispatch.ack import AckWriter
 from notifier.dispatch.backoff import exponential, retried
 from notifier.dispatch.breaker import RelayBreaker
@@ -331,7 +332,12 @@ class Dispatcher:
         recipients = [r.address for r in open_recipients(n)]
         started_at = self._clock()
         try:
-            message = _render(n)
+            message: bytes | list[bytes] = _render(n)
+            if n.content.attachments:
+                parts = await self._attachment_parts(n)
+                if parts is None:
+                    return False
+                message = _attached(n, _render(n), parts)
             async with self._slots:
                 if self._stopping:
                     return False
@@ -360,6 +366,32 @@ class Dispatcher:
             self.breaker.relay_answered()
             settle(n, started_at=started_at, now=self._clock(), policy=self._policy, report=report)
         return True
+
+    async def _attachment_parts(self, n: Notification) -> list[bytes] | None:
+        """The parts of ``n``'s attachments, read just before it is sent so that claims
+        never hold them; ``None`` if shutdown came while the store could not answer."""
+        try:
+            return await retried(
+                lambda: self._store.attachment_parts(n.id),
+                lambda: AsyncRetrying(
+                    retry=retry_if_exception_type(StoreError),
+                    wait=self._record_wait,
+                    sleep=self._sleep,
+                    stop=lambda _: self._stopping,
+                    reraise=True,
+                ),
+            )
+        except StoreError:
+            return None
+
+
+def _attached(n: Notification, message: bytes, parts: list[bytes]) -> list[bytes]:
+    if len(parts) != len(n.content.attachments):
+        raise PermanentDeliveryError(
+            f"{len(n.content.attachments)} attachments were accepted but the store holds "
+            f"{len(parts)}"
+        )
+    return with_attachments(message, parts, seed=n.message_id)
 
 
 def _record_failed(n: Notification, state: RetryCallState) -> None:

@@ -59,10 +59,15 @@ class Store(Protocol):
     async def add(
         self, notification: Notification, idempotency: IdempotencyRecord | None = None
     ) -> IdempotencyRecord | None:
-        """Commit a new notification (and its idempotency key) once it is durable.
+        """Commit a new notification (and its idempotency key, and its attachments'
+        parts) once it is durable.
 
         If the key is already taken, nothing is stored and the existing record is returned.
         """
+
+    async def attachment_parts(self, notification_id: str) -> list[bytes]:
+        """The MIME parts of a notification's attachments, in order (none for one without,
+        or one purged)."""
 
     async def find_idempotency(self, owner: str, key: str) -> IdempotencyRecord | None: ...
 

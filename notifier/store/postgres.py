@@ -71,8 +71,8 @@ RELISTEN_MAX = 30.0
 KEEPALIVE_IDLE = 30
 KEEPALIVE_INTERVAL = 10
 
-#: 1: the first schema. 2: priority and send_at (issue 16).
-SCHEMA_VERSION = 2
+#: 1: the first schema. 2: priority and send_at. 3: attachments (both issue 16).
+SCHEMA_VERSION = 3
 #: ``pg_advisory_xact_lock`` key that serialises schema changes of replicas starting at once.
 MIGRATION_LOCK = 0x6E6F7469  # "noti"
 #: The database's clock, in the epoch seconds every time column holds.
@@ -131,6 +131,12 @@ ALTER TABLE notifications ADD COLUMN IF NOT EXISTS priority smallint NOT NULL DE
 ALTER TABLE notifications ADD COLUMN IF NOT EXISTS send_at double precision;
 CREATE INDEX IF NOT EXISTS notifications_due_by_priority
     ON notifications (priority, visible_at) WHERE visible_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS attachments (
+    notification_id text NOT NULL REFERENCES notifications (id) ON DELETE CASCADE,
+    position integer NOT NULL,
+    part bytea NOT NULL,
+    PRIMARY KEY (notification_id, position)
+);
 """
 
 _COLUMNS = ", ".join(INSERT_COLUMNS)
@@ -165,6 +171,9 @@ VALUES ({
     )
 })
 """  # noqa: S608 - the column names are constants
+
+#: ``%b``: the part goes to the server as binary, not as twice as long hex text.
+INSERT_PART = "INSERT INTO attachments (notification_id, position, part) VALUES (%s, %s, %b)"
 
 INSERT_KEY = """
 INSERT INTO idempotency_keys (owner, key, request_hash, notification_id, response, expires_at)
@@ -392,17 +401,19 @@ class PostgresStore:
         self, notification: Notification, idempotency: IdempotencyRecord | None = None
     ) -> IdempotencyRecord | None:
         row = to_row(notification)
-        if idempotency is None:
+        if idempotency is None and not notification.attachment_parts:
             await self._inserts.add(row)
             return None
 
         async def insert(c: psycopg.AsyncConnection[dict[str, Any]]) -> IdempotencyRecord | None:
-            # A concurrent insert of the same key (another replica's) waits here for that
-            # transaction, then finds the key taken: the unique key decides.
-            taken = (await c.execute(INSERT_KEY, asdict(idempotency))).rowcount == 0
-            if taken:
-                return await _find_key(c, idempotency.owner, idempotency.key)
+            if idempotency is not None:
+                # A concurrent insert of the same key (another replica's) waits here for
+                # that transaction, then finds the key taken: the unique key decides.
+                taken = (await c.execute(INSERT_KEY, asdict(idempotency))).rowcount == 0
+                if taken:
+                    return await _find_key(c, idempotency.owner, idempotency.key)
             await c.execute(INSERT, row)
+            await _insert_parts(c, notification)
             await c.execute(NOTIFY)
             return None
 
@@ -426,6 +437,17 @@ class PostgresStore:
             "ORDER BY updated_at LIMIT %s FOR UPDATE SKIP LOCKED)"
         )
         return await self._write(_rowcount(sql, (before, limit)))
+
+    async def attachment_parts(self, notification_id: str) -> list[bytes]:
+        sql = "SELECT part FROM attachments WHERE notification_id = %s ORDER BY position"
+
+        async def fetch(c: psycopg.AsyncConnection[dict[str, Any]]) -> list[bytes]:
+            # Binary results: bytea as text would arrive as hex, twice its size.
+            async with c.cursor(binary=True) as cursor:
+                await cursor.execute(sql, (notification_id,))
+                return [bytes(row["part"]) for row in await cursor.fetchall()]
+
+        return await self._run(fetch)
 
     async def cancel(self, notification_id: str, *, now: float) -> tuple[bool, Notification | None]:
         def change(n: Notification) -> bool:
@@ -758,6 +780,11 @@ def _wrote(result: object) -> bool:
     if isinstance(result, list):  # claimed rows
         return bool(result)
     return not isinstance(result, IdempotencyRecord)  # a taken key stored nothing
+
+
+async def _insert_parts(c: psycopg.AsyncConnection[dict[str, Any]], n: Notification) -> None:
+    for position, part in enumerate(n.attachment_parts):
+        await c.execute(INSERT_PART, (n.id, position, part))
 
 
 async def _find_key(

@@ -13,6 +13,7 @@ import orjson
 from notifier.domain import (
     PRIORITY_OF_RANK,
     Address,
+    Attachment,
     Attempt,
     AttemptOutcome,
     Content,
@@ -109,6 +110,7 @@ def from_row(row: Any) -> Notification:
             headers=content["headers"],
             # Rows stored before templates existed have no "template".
             template=content.get("template"),
+            attachments=tuple(Attachment(**a) for a in content.get("attachments", ())),
         ),
         recipients=[
             Recipient(

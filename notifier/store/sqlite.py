@@ -103,7 +103,18 @@ CREATE INDEX IF NOT EXISTS notifications_due_by_priority
     ON notifications (priority, visible_at) WHERE visible_at IS NOT NULL;
 """
 
-MIGRATIONS: tuple[str, ...] = (SCHEMA, PRIORITY_AND_SCHEDULE)
+#: Attachments (issue 16): each notification's MIME parts, in order, apart from its
+#: row so that claims and status look-ups never read them.
+ATTACHMENTS = """
+CREATE TABLE IF NOT EXISTS attachments (
+    notification_id TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    part BLOB NOT NULL,
+    PRIMARY KEY (notification_id, position)
+);
+"""
+
+MIGRATIONS: tuple[str, ...] = (SCHEMA, PRIORITY_AND_SCHEDULE, ATTACHMENTS)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 #: Leases due work: ``by_priority`` rows by priority then due time, and
@@ -179,6 +190,8 @@ INSERT INTO notifications ({_COLUMNS})
 SELECT {", ".join(f"value ->> {i}" for i in range(len(INSERT_COLUMNS)))}
 FROM json_each(?)
 """  # noqa: S608 - the column names are constants
+
+INSERT_PART = "INSERT INTO attachments (notification_id, position, part) VALUES (?, ?, ?)"
 
 INSERT_KEY = """
 INSERT INTO idempotency_keys (owner, key, request_hash, notification_id, response, expires_at)
@@ -267,9 +280,10 @@ class SQLiteStore:
             if idempotency is not None and taken:
                 return _find_key(c, idempotency.owner, idempotency.key)
             c.execute(INSERT, row)
+            _insert_parts(c, notification)
             return None
 
-        if idempotency is None:
+        if idempotency is None and not notification.attachment_parts:
             return await self._write(insert, tuple(row[column] for column in INSERT_COLUMNS))
         return await self._write(insert)
 
@@ -287,15 +301,29 @@ class SQLiteStore:
         return purged
 
     async def purge_finished(self, *, before: float, limit: int) -> int:
-        sql = (
-            "DELETE FROM notifications WHERE id IN (SELECT id FROM notifications "
-            "WHERE visible_at IS NULL AND updated_at < ? AND ack_final = 1 "
-            "ORDER BY updated_at LIMIT ?)"
+        find = (
+            "SELECT id FROM notifications WHERE visible_at IS NULL AND updated_at < ? "
+            "AND ack_final = 1 ORDER BY updated_at LIMIT ?"
         )
-        purged: int = await self._write(
-            lambda c: c.execute(sql, (before, limit)).rowcount, can_wait=True
-        )
+
+        def purge(c: sqlite3.Connection) -> int:
+            ids = dump([row[0] for row in c.execute(find, (before, limit))])
+            c.execute(
+                "DELETE FROM attachments WHERE notification_id IN (SELECT value FROM json_each(?))",
+                (ids,),
+            )
+            deleted: int = c.execute(
+                "DELETE FROM notifications WHERE id IN (SELECT value FROM json_each(?))", (ids,)
+            ).rowcount
+            return deleted
+
+        purged: int = await self._write(purge, can_wait=True)
         return purged
+
+    async def attachment_parts(self, notification_id: str) -> list[bytes]:
+        sql = "SELECT part FROM attachments WHERE notification_id = ? ORDER BY position"
+        rows = await self._read(lambda c: c.execute(sql, (notification_id,)).fetchall())
+        return [row[0] for row in rows]
 
     async def cancel(self, notification_id: str, *, now: float) -> tuple[bool, Notification | None]:
         def change(n: Notification) -> bool:
@@ -474,6 +502,11 @@ class SQLiteStore:
             with self._read_connections_lock:
                 self._read_connections.append(connection)
         return job(connection)
+
+
+def _insert_parts(c: sqlite3.Connection, n: Notification) -> None:
+    for position, part in enumerate(n.attachment_parts):
+        c.execute(INSERT_PART, (n.id, position, part))
 
 
 def _find_key(c: sqlite3.Connection, owner: str, key: str) -> IdempotencyRecord | None:

@@ -35,6 +35,9 @@ class ReplyReader(asyncio.Protocol):
         #: Why no further reply can come: the connection ended, or a reply was garbled.
         self._failure: Exception | None = None
         self._waiter: asyncio.Future[None] | None = None
+        #: Clear while the transport's write buffer is over its high-water mark.
+        self._writable = asyncio.Event()
+        self._writable.set()
 
     def data_received(self, data: bytes) -> None:
         if self._failure is not None:
@@ -54,6 +57,16 @@ class ReplyReader(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(SMTPServerDisconnected(f"Connection lost: {exc}" if exc else "Connection lost"))
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    async def drained(self) -> None:
+        """Return once the transport takes more writes (or the connection has ended)."""
+        await self._writable.wait()
 
     async def next(self, limit: float) -> SMTPResponse:
         """The next reply, waiting up to ``limit`` seconds for it (however many reads it takes)."""
@@ -89,6 +102,7 @@ class ReplyReader(asyncio.Protocol):
     def _fail(self, exc: Exception) -> None:
         if self._failure is None:
             self._failure = exc
+        self._writable.set()  # a writer waiting for room finds the connection gone
         self._wake()
 
     def _wake(self) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -46,6 +46,9 @@ START_INPUT = 354
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 #: An ASCII address of dot-atoms, which ``quote_address`` returns unchanged in brackets.
 _PLAIN_ADDRESS = re.compile(rf"{_ATOM}(?:\.{_ATOM})*@{_ATOM}(?:\.{_ATOM})*")
+#: A message in pieces (one with attachments) goes out in writes of at most this many
+#: bytes, each once the transport has room: the pieces are never copied whole.
+WRITE_CHUNK = 256 * 1024
 #: Line ends DATA turns into CRLF (aiosmtplib's ``LINE_ENDINGS_REGEX``).
 _LINE_ENDS = re.compile(rb"\r\n|\n|\r(?!\n)")
 
@@ -109,9 +112,17 @@ class SMTPTransport:
         self._idle: list[_Connection] = []
 
     async def send(
-        self, sender: str, recipients: list[str], message: bytes, *, smtputf8: bool = False
+        self,
+        sender: str,
+        recipients: list[str],
+        message: bytes | Sequence[bytes],
+        *,
+        smtputf8: bool = False,
     ) -> SendReport:
         """One SMTP transaction; raises ``DeliveryError`` if it fails before RCPT is done.
+
+        ``message`` in pieces, each ending in CRLF, is written piece by piece as the
+        connection takes it, so a large one is never copied whole.
 
         ``smtputf8`` sends the envelope in UTF-8 (RFC 6531), refusing relays without it.
         An idle connection may have been closed by the relay meanwhile, or be answered
@@ -169,7 +180,7 @@ class SMTPTransport:
         connection: _Connection,
         sender: str,
         recipients: list[str],
-        message: bytes,
+        message: bytes | Sequence[bytes],
         smtputf8: bool,
     ) -> SendReport:
         """MAIL, each RCPT, DATA and the body: a refusal is reported, a failure raised.
@@ -212,7 +223,18 @@ class SMTPTransport:
             reply = await exchange.answer(b"DATA", limit=data_timeout)
             if reply.code != START_INPUT:
                 return await _refused(exchange, report, reply, timeout)
-            exchange.write(data_block(message))
+            if isinstance(message, bytes):
+                exchange.write(data_block(message))
+            else:
+                try:
+                    await exchange.write_all(data_pieces(message), data_timeout)
+                except (aiosmtplib.SMTPException, OSError) as exc:
+                    # Before the final dot: the relay cannot have taken the message.
+                    client.close()
+                    report.data_error = TransientDeliveryError(
+                        f"DATA: the message body could not be sent, {readable(str(exc))}"
+                    )
+                    return report
             try:
                 reply = await exchange.reply(data_timeout)
             except aiosmtplib.SMTPException as exc:
@@ -349,6 +371,27 @@ class _Exchange:
     def write(self, data: bytes) -> None:
         self._protocol.write(data)
 
+    async def write_all(self, pieces: Iterator[bytes], limit: float) -> None:
+        """Write ``pieces`` in chunks, each once the transport has room for it; raise
+        ``SMTPTimeoutError`` if the relay takes nothing for ``limit`` seconds."""
+        for piece in pieces:
+            view = memoryview(piece)
+            for start in range(0, len(view), WRITE_CHUNK):
+                self._protocol.write(view[start : start + WRITE_CHUNK])  # type: ignore[arg-type]
+                try:
+                    await asyncio.wait_for(self._drained(), limit)
+                except TimeoutError:
+                    raise aiosmtplib.SMTPTimeoutError(
+                        f"the relay took no data for {limit:g} s"
+                    ) from None
+
+    async def _drained(self) -> None:
+        if self._reader is not None:
+            await self._reader.drained()
+        else:
+            # aiosmtplib's protocol keeps the transport's pause and resume for this.
+            await self._protocol._drain_helper()
+
     async def reply(self, limit: float) -> aiosmtplib.SMTPResponse:
         """The reply to what :meth:`write` sent; a relay closing loses the connection."""
         if self._reader is None:
@@ -480,6 +523,21 @@ def smtp_path(address: str) -> str:
     if _PLAIN_ADDRESS.fullmatch(address):
         return f"<{address}>"
     return quote_address(address)
+
+
+def data_pieces(pieces: Sequence[bytes]) -> Iterator[bytes]:
+    """``pieces`` as DATA sends them: :func:`data_block` without joining them first.
+
+    Each piece ends in CRLF, so dots are doubled piece by piece; a piece without a line
+    starting with a dot (an attachment's base64) goes out as it is.
+    """
+    for piece in pieces:
+        if not piece.endswith(b"\r\n"):
+            raise ValueError("a message piece must end in CRLF")
+        if piece.startswith(b".") or b"\r\n." in piece:
+            piece = (b"." if piece.startswith(b".") else b"") + piece.replace(b"\r\n.", b"\r\n..")
+        yield piece
+    yield b".\r\n"
 
 
 def data_block(message: bytes) -> bytes:

@@ -1,0 +1,142 @@
+"""Attachments: checked and encoded once, when a notification is accepted.
+
+A notification's attachments are stored as the MIME parts they are sent as (headers,
+then the content in base64 lines), apart from the notification's row: claims never load
+them, an attempt reads them just before it sends, and every attempt sends the same
+bytes. :func:`with_attachments` wraps a rendered message and those parts into
+``multipart/mixed`` without copying the parts.
+"""
+
+from __future__ import annotations
+
+import binascii
+import re
+from collections.abc import Sequence
+from email.message import MIMEPart
+
+from notifier.domain import Attachment
+from notifier.wire import CRLF, WIRE_POLICY, make_boundary
+
+#: Longest file name kept, in characters (common file systems allow 255).
+MAX_FILENAME = 255
+#: Bytes of content per base64 line: 76 characters, as MIME asks (RFC 2045 section 6.8).
+_LINE_BYTES = 57
+#: ``type/subtype`` (RFC 6838 section 4.2), optionally with a ``charset``.
+_MEDIA_TYPE = re.compile(
+    r"(?P<type>[a-z0-9][a-z0-9!#$&^_.+-]{0,126})/(?P<subtype>[a-z0-9][a-z0-9!#$&^_.+-]{0,126})"
+    r'(?:\s*;\s*charset="?(?P<charset>[a-z0-9!#$%&\'*+.^_`{|}~-]{1,40})"?)?'
+)
+#: Types that are structures of parts themselves: not sent as one base64 part.
+_COMPOSITE = frozenset({"multipart", "message"})
+#: What no file name keeps: C0 and C1 controls, DEL, line and paragraph separators,
+#: lone surrogates.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_BASE64 = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
+_WHITESPACE = re.compile(rb"\s+")
+#: The message headers that describe the body: they move to the body's own part.
+_BODY_FIELDS = (b"content-type:", b"content-transfer-encoding:", b"mime-version:")
+
+
+def sanitised_filename(name: str) -> str:
+    """The file name a reader's mail client will save: no folders, no control characters.
+
+    Raises ``ValueError`` when nothing usable is left.
+    """
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    base = _UNSAFE.sub("", base).strip()
+    if base in ("", ".", ".."):
+        raise ValueError(f"{name!r} has no file name once folders and controls are removed")
+    if len(base) > MAX_FILENAME:
+        raise ValueError(f"the file name is longer than {MAX_FILENAME} characters")
+    return base
+
+
+def checked_content_type(value: str) -> str:
+    """``type/subtype`` in lower case, with a ``charset`` if given; ``ValueError`` otherwise."""
+    match = _MEDIA_TYPE.fullmatch(value.strip().lower())
+    if match is None:
+        raise ValueError(
+            f"{value!r} is not a media type such as `application/pdf` "
+            "(`type/subtype`, optionally `; charset=...`)"
+        )
+    if match["type"] in _COMPOSITE:
+        raise ValueError(f"{match['type']}/* cannot be attached; send the file as it is stored")
+    media_type = f"{match['type']}/{match['subtype']}"
+    return f"{media_type}; charset={match['charset']}" if match["charset"] else media_type
+
+
+def decoded_base64(value: str) -> bytes:
+    """Standard base64 (RFC 4648 section 4), line breaks allowed; ``ValueError`` otherwise."""
+    data = value.encode("ascii", errors="replace")
+    if _WHITESPACE.search(data):
+        data = _WHITESPACE.sub(b"", data)
+    if len(data) % 4 or not _BASE64.fullmatch(data):
+        if b"-" in data or b"_" in data:
+            raise ValueError("`content` is URL-safe base64; send standard base64 (with + and /)")
+        raise ValueError("`content` is not valid base64")
+    try:
+        return binascii.a2b_base64(data, strict_mode=True)
+    except binascii.Error as exc:
+        raise ValueError(f"`content` is not valid base64: {exc}") from None
+
+
+def encoded_part(attachment: Attachment, content: bytes) -> bytes:
+    """The MIME part ``content`` is sent as: its headers (the file name in RFC 2231 when
+    it is not ASCII), then the content in base64 lines, each ending in CRLF."""
+    part = MIMEPart(policy=WIRE_POLICY)
+    part["Content-Type"] = attachment.content_type
+    part.set_param("name", attachment.filename)
+    part["Content-Transfer-Encoding"] = "base64"
+    part["Content-Disposition"] = "attachment"
+    part.set_param("filename", attachment.filename, header="Content-Disposition")
+    head = part.as_bytes(policy=WIRE_POLICY)  # the headers and the blank line
+    encoded = binascii.b2a_base64(content, newline=False)
+    width = _LINE_BYTES * 4 // 3
+    lines = [encoded[i : i + width] for i in range(0, len(encoded), width)]
+    return b"".join((head, CRLF.join(lines), CRLF if lines else b""))
+
+
+def with_attachments(message: bytes, parts: Sequence[bytes], *, seed: str) -> list[bytes]:
+    """``message`` as the first part of a ``multipart/mixed`` whose other parts are
+    ``parts``, in pieces that each end in CRLF (the parts themselves, not copies).
+
+    The message's own body headers (``Content-Type``, ``Content-Transfer-Encoding``)
+    move with its body into the first part. The boundary is drawn from ``seed`` (the
+    Message-ID) apart from the body's own, so every attempt sends the same bytes.
+    """
+    head, separator, body = message.partition(CRLF + CRLF)
+    if not separator:
+        raise ValueError("the message has no body")
+    fields: list[list[bytes]] = []
+    for line in head.split(CRLF):
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1].append(line)
+        else:
+            fields.append([line])
+    kept: list[bytes] = []
+    described: list[bytes] = []
+    for field in fields:
+        name = field[0].lower()
+        if name.startswith(b"mime-version:"):
+            continue
+        target = described if name.startswith(_BODY_FIELDS) else kept
+        target.append(CRLF.join(field) + CRLF)
+    first = b"".join((*described, CRLF, body))
+    boundary = make_boundary(first, *parts, seed=f"{seed} mixed")
+    delimiter = b"--" + boundary + CRLF
+    pieces = [
+        b"".join(
+            (
+                *kept,
+                b'MIME-Version: 1.0\r\nContent-Type: multipart/mixed;\r\n boundary="',
+                boundary,
+                b'"\r\n\r\n',
+                delimiter,
+            )
+        ),
+        first,
+    ]
+    for part in parts:
+        pieces += (CRLF + delimiter, part)
+    pieces.append(CRLF + b"--" + boundary + b"--" + CRLF)
+    return pieces
