@@ -39,10 +39,12 @@ def parsed(data: bytes) -> EmailMessage:
 
 
 def files_of(message: EmailMessage) -> list[tuple[str | None, str, bytes]]:
-    return [
-        (part.get_filename(), part.get_content_type(), part.get_payload(decode=True))
-        for part in message.iter_attachments()
-    ]
+    files = []
+    for part in message.iter_attachments():
+        payload = part.get_payload(decode=True)
+        assert isinstance(payload, bytes)
+        files.append((part.get_filename(), part.get_content_type(), payload))
+    return files
 
 
 # Pure: names, types, base64
@@ -142,7 +144,8 @@ def test_attachments_read_back_byte_for_byte_beside_the_body(
         to=(Address("ada@example.com", "Ada"),),
         subject="Your invoice",
         headers=headers,
-        **bodies,
+        text=bodies.get("text"),
+        html=bodies.get("html"),
     )
 
     data = attached(content, payloads)
