@@ -14,7 +14,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 
 from notifier import __version__
-from notifier.api import health, metrics, notifications, problem, templates
+from notifier.api import batch, health, metrics, notifications, problem, templates
 from notifier.api.backpressure import Backpressure
 from notifier.api.idempotency import IdempotencyGuard
 from notifier.api.limits import BodySizeLimit
@@ -72,7 +72,8 @@ def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
         summary="Accept notifications over HTTP, store them durably, deliver them over SMTP.",
         lifespan=lifespan,
     )
-    for router in (notifications.router, templates.router, health.router, metrics.router):
+    routers = (batch.router, notifications.router, templates.router, health.router, metrics.router)
+    for router in routers:
         _add_routes(app, router)
     # FastAPI put its documentation routes first; every request was matched against them.
     app.router.routes.sort(key=lambda route: not isinstance(route, APIRoute))

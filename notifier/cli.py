@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import gc
 import json
 import logging
 import math
+import mimetypes
 import os
 import signal
 import socket
@@ -66,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     dev_smtp.set_defaults(run=_dev_smtp)
 
     send = commands.add_parser("send", help="POST a notification to a running service")
-    send.add_argument("--to", action="append", required=True, help="recipient (repeatable)")
+    send.add_argument("--to", action="append", help="recipient (repeatable)")
     send.add_argument("--cc", action="append", default=[])
     send.add_argument("--bcc", action="append", default=[])
     send.add_argument("--from", dest="sender")
@@ -76,6 +78,19 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--template", help="a template's name, instead of --subject/--text/--html")
     send.add_argument(
         "--data", type=_json_object, help='the template\'s values, as JSON: \'{"name": "Ada"}\''
+    )
+    send.add_argument(
+        "--attach", action="append", type=Path, default=[], help="a file to attach (repeatable)"
+    )
+    send.add_argument(
+        "--batch",
+        type=Path,
+        metavar="FILE",
+        help="JSON Lines, one notification body per line ('-' for standard input), sent "
+        "through POST /v1/notifications/batch; prints one result per line",
+    )
+    send.add_argument(
+        "--batch-size", type=int, default=500, help="notifications per request (default 500)"
     )
     _client_options(send)
     send.set_defaults(run=_send)
@@ -251,6 +266,11 @@ def _health(args: argparse.Namespace) -> int:
 
 
 def _send(args: argparse.Namespace) -> int:
+    if args.batch is not None:
+        return _send_batch(args)
+    if not args.to:
+        print("notifier send: give --to (or --batch FILE)", file=sys.stderr)
+        return 2
     body: dict[str, Any] = {"to": args.to, "cc": args.cc, "bcc": args.bcc}
     optional = {
         "from": args.sender,
@@ -261,7 +281,60 @@ def _send(args: argparse.Namespace) -> int:
         "data": args.data,
     }
     body.update((key, value) for key, value in optional.items() if value is not None)
+    if args.attach:
+        try:
+            body["attachments"] = [_attachment(path) for path in args.attach]
+        except OSError as exc:
+            print(f"notifier send: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
+            return 2
     return _request(args, "POST", "/v1/notifications", body)
+
+
+def _attachment(path: Path) -> dict[str, str]:
+    content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    content = base64.b64encode(path.read_bytes()).decode("ascii")
+    return {"filename": path.name, "content_type": content_type, "content": content}
+
+
+def _send_batch(args: argparse.Namespace) -> int:
+    """Each line's result as a line of its own (``line``, then ``status`` and ``id`` or
+    ``error``); 0 only if every notification was accepted."""
+    try:
+        lines = _batch_lines(args.batch)
+    except (OSError, ValueError) as exc:
+        print(f"notifier send: {exc}", file=sys.stderr)
+        return 2
+    if args.batch_size < 1:
+        print("notifier send: --batch-size must be at least 1", file=sys.stderr)
+        return 2
+    if _bad_url(args):
+        return 2
+    all_accepted = True
+    for start in range(0, len(lines), args.batch_size):
+        chunk = lines[start : start + args.batch_size]
+        batch = {"notifications": [body for _, body in chunk]}
+        answer = _call(args, "POST", "/v1/notifications/batch", batch)
+        if answer is None:
+            return 1
+        for (number, _), item in zip(chunk, answer["items"], strict=True):
+            print(json.dumps({"line": number, **item}))
+            all_accepted = all_accepted and item["status"] == 202
+    return 0 if all_accepted else 1
+
+
+def _batch_lines(path: Path) -> list[tuple[int, Any]]:
+    """The notification bodies of a JSON Lines file, with their line numbers."""
+    text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+    bodies = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                bodies.append((number, json.loads(line)))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}, line {number}: not JSON: {exc}") from None
+    if not bodies:
+        raise ValueError(f"{path} holds no notifications")
+    return bodies
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -320,9 +393,24 @@ def _variable_warnings(args: argparse.Namespace) -> list[str]:
 
 
 def _request(args: argparse.Namespace, method: str, path: str, body: object = None) -> int:
-    if not args.url.startswith(("http://", "https://")):
-        print(f"--url must be an http:// or https:// address, not {args.url!r}", file=sys.stderr)
+    if _bad_url(args):
         return 2
+    answer = _call(args, method, path, body)
+    if answer is None:
+        return 1
+    print(json.dumps(answer, indent=2))
+    return 0
+
+
+def _bad_url(args: argparse.Namespace) -> bool:
+    if args.url.startswith(("http://", "https://")):
+        return False
+    print(f"--url must be an http:// or https:// address, not {args.url!r}", file=sys.stderr)
+    return True
+
+
+def _call(args: argparse.Namespace, method: str, path: str, body: object = None) -> Any:
+    """The service's JSON answer, or ``None`` after saying why there is none."""
     data = None if body is None else json.dumps(body).encode()
     url = args.url.rstrip("/") + path
     request = urllib.request.Request(url, data=data, method=method)  # noqa: S310 - scheme checked
@@ -331,13 +419,12 @@ def _request(args: argparse.Namespace, method: str, path: str, body: object = No
         request.add_header("authorization", f"Bearer {args.api_key}")
     try:
         with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
-            print(json.dumps(json.load(response), indent=2))
-            return 0
+            return json.load(response)
     except urllib.error.HTTPError as exc:
         print(f"HTTP {exc.code}: {exc.read().decode(errors='replace')}", file=sys.stderr)
     except urllib.error.URLError as exc:
         print(f"cannot reach {args.url}: {exc.reason}", file=sys.stderr)
-    return 1
+    return None
 
 
 def _explain(exc: Exception) -> str:

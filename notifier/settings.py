@@ -105,6 +105,8 @@ class Settings(BaseSettings):
     #: Room for the largest attachments allowed, in base64, and the rest of a request.
     max_request_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     max_recipients: int = Field(default=100, ge=1)
+    #: Most notifications in one ``POST /v1/notifications/batch``.
+    max_batch: int = Field(default=500, ge=1)
     max_attachments: int = Field(default=10, ge=0)
     #: Decoded bytes of all of one notification's attachments together.
     max_attachment_bytes: int = Field(default=10 * 1024 * 1024, ge=0)

@@ -20,6 +20,7 @@ from types import ModuleType
 from typing import Any
 
 import httpx
+import pytest
 import uvicorn
 from fastapi import FastAPI
 
@@ -65,6 +66,7 @@ def test_every_operation_has_a_short_stable_id(settings: Settings) -> None:
 
     assert ids == {
         ("post", "/v1/notifications"): "create_notification",
+        ("post", "/v1/notifications/batch"): "create_notifications",
         ("get", "/v1/notifications"): "list_notifications",
         ("get", ONE): "get_notification",
         ("delete", ONE): "cancel_notification",
@@ -136,28 +138,33 @@ async def test_reply_to_is_documented_and_accepted_as_one_address_or_a_list(
 # The accept route serves itself from ASGI; its signature only describes it.
 
 
-def accept_route(app: FastAPI) -> AcceptRoute:
-    return next(route for route in app.router.routes if isinstance(route, AcceptRoute))
+def accept_route(app: FastAPI, path: str = "/v1/notifications") -> AcceptRoute:
+    return next(
+        route
+        for route in app.router.routes
+        if isinstance(route, AcceptRoute) and route.path == path
+    )
 
 
-def test_the_accept_route_binds_exactly_what_its_operation_documents(settings: Settings) -> None:
+@pytest.mark.parametrize("path", ["/v1/notifications", "/v1/notifications/batch"])
+def test_the_accept_routes_bind_exactly_what_their_operations_document(
+    settings: Settings, path: str
+) -> None:
     app = create_app(settings)
-    operation = app.openapi()["paths"]["/v1/notifications"]["post"]
-    route = accept_route(app)
+    operation = app.openapi()["paths"][path]["post"]
+    route = accept_route(app, path)
 
     documented = {(p["in"], p["name"]) for p in operation.get("parameters", [])}
-    assert documented == {("header", name) for name, _ in AcceptRoute.HEADERS}
+    assert documented == {("header", name) for name, _ in route.HEADERS}
     # handle() passes each header as the keyword argument the signature names for it.
-    assert {p.alias: p.name for p in route.dependant.header_params} == dict(AcceptRoute.HEADERS)
+    assert {p.alias: p.name for p in route.dependant.header_params} == dict(route.HEADERS)
     body = operation["requestBody"]
     assert body["required"] is True
     assert body["content"] == {
-        "application/json": {
-            "schema": {"$ref": f"#/components/schemas/{AcceptRoute.BODY.__name__}"}
-        }
+        "application/json": {"schema": {"$ref": f"#/components/schemas/{route.BODY.__name__}"}}
     }
     assert route.body_field is not None
-    assert route.body_field.field_info.annotation is AcceptRoute.BODY
+    assert route.body_field.field_info.annotation is route.BODY
     # The one dependency is the key check and rate charge that handle() calls itself.
     assert operation["security"] == [{SCHEME_NAME: []}]
     assert [type(d.call) for d in route.dependant.dependencies] == [AuthenticateAndCharge]

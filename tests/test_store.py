@@ -580,6 +580,21 @@ async def test_attachments_are_stored_apart_read_back_in_order_and_purged_with_i
     assert await store.attachment_parts(with_files.id) == []
 
 
+async def test_a_batch_is_stored_whole_or_not_at_all(store: Store) -> None:
+    first, second = make_notification(), make_notification()
+    await store.add(first)
+
+    # The second's id is taken: the whole batch fails, and its other item is not kept.
+    with pytest.raises(StoreError):
+        await store.add_many([second, make_notification(id=first.id)])
+
+    assert await store.get(second.id) is None
+    await store.add_many([second])
+    kept = await store.get(second.id)
+    assert kept is not None
+    assert kept.status is NotificationStatus.QUEUED
+
+
 async def test_attempts_and_recipients_read_back_whole(store: Store) -> None:
     await store.add(make_notification())
     (claimed,) = await claim(store, "a")

@@ -10,7 +10,7 @@ from typing import Annotated, Any, ClassVar
 
 from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.routing import APIRoute
-from pydantic import AwareDatetime
+from pydantic import AwareDatetime, BaseModel
 from starlette.types import Receive, Scope, Send
 
 from notifier.api.auth import CallerDep, authenticate_and_charge, owner_of
@@ -63,7 +63,7 @@ NotificationId = Annotated[
     ),
 ]
 #: Every route here checks the API key, takes a rate-limit token and uses the store.
-_ERRORS: dict[int | str, dict[str, Any]] = {
+COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
     401: documented("Missing or unknown API key.", WWW_AUTHENTICATE),
     422: documented("The request is invalid; nothing was stored.", RATE_LIMIT),
     429: documented(
@@ -106,7 +106,7 @@ class AcceptRoute(APIRoute):
     #: All :meth:`handle` reads besides ``Content-Type`` and the bearer key: the body, as
     #: this model, and these headers, each passed on as the keyword argument named beside
     #: it. ``tests/test_openapi.py`` holds the operation's OpenAPI description to exactly these.
-    BODY: ClassVar[type[NotificationRequest]] = NotificationRequest
+    BODY: ClassVar[type[BaseModel]] = NotificationRequest
     HEADERS: ClassVar[tuple[tuple[str, str], ...]] = ((IDEMPOTENCY_HEADER, "idempotency_key"),)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -119,7 +119,7 @@ class AcceptRoute(APIRoute):
         body = parse_json(await read_body(receive), self.BODY)
         headers = request.headers
         arguments = {argument: headers.get(name) for name, argument in self.HEADERS}
-        answer = await create_notification(body, request, caller, **arguments)
+        answer: RawJSON = await self.endpoint(body, request, caller, **arguments)
         await answer(send)
 
 
@@ -136,7 +136,7 @@ async def create_notification(
     """
     services = services_of(request)
     key = checked_key(idempotency_key)
-    sender, rendered = _checked(body, services, caller)
+    sender, rendered = checked_request(body, services, caller)
     services.rate_limiter.recipients(caller, body.recipient_count)
     if key is None:
         return await _admit(body, rendered, sender, services, caller, None)
@@ -162,7 +162,7 @@ router.add_api_route(
     summary="Accept a notification for delivery",
     operation_id="create_notification",
     responses={
-        **_ERRORS,
+        **COMMON_ERRORS,
         202: documented(
             "Accepted and committed; or, for a repeated `Idempotency-Key`, the original answer "
             "again (`Idempotent-Replayed: true`).",
@@ -186,7 +186,7 @@ router.add_api_route(
 )
 
 
-def _checked(
+def checked_request(
     body: NotificationRequest, services: Services, caller: ApiKey | None
 ) -> tuple[Address, Rendered | None]:
     """What a valid request needs beyond its own fields, checked in the documented order:
@@ -249,21 +249,7 @@ async def _admit(
 ) -> RawJSON:
     """Store a new notification (with its key, in the same transaction) and answer 202."""
     settings = services.settings
-    if not services.accepting():
-        raise ApiError(
-            503,
-            "shutting_down",
-            "this instance is shutting down; nothing was stored, retry shortly",
-            {"Retry-After": RETRY_AFTER_BUSY},
-        )
-    if not await services.backpressure.admits():
-        raise ApiError(
-            503,
-            "too_many_pending",
-            f"{services.backpressure.limit} notifications already await delivery; "
-            "nothing was stored, retry later",
-            {"Retry-After": RETRY_AFTER_BUSY},
-        )
+    await check_admitting(services)
     now = time.time()
     notification = body.to_notification(
         sender,
@@ -296,6 +282,25 @@ async def _admit(
     return RawJSON(answer, 202, {"Location": location}, after)
 
 
+async def check_admitting(services: Services) -> None:
+    """``503`` while shutting down or over the back-pressure limit: nothing is stored."""
+    if not services.accepting():
+        raise ApiError(
+            503,
+            "shutting_down",
+            "this instance is shutting down; nothing was stored, retry shortly",
+            {"Retry-After": RETRY_AFTER_BUSY},
+        )
+    if not await services.backpressure.admits():
+        raise ApiError(
+            503,
+            "too_many_pending",
+            f"{services.backpressure.limit} notifications already await delivery; "
+            "nothing was stored, retry later",
+            {"Retry-After": RETRY_AFTER_BUSY},
+        )
+
+
 def _replay(record: IdempotencyRecord, digest: str) -> RawJSON:
     """The original answer for a repeated key, or ``422`` if the body differs."""
     if record.request_hash != digest:
@@ -316,7 +321,7 @@ def _replay(record: IdempotencyRecord, digest: str) -> RawJSON:
     summary="Delivery status of one notification",
     operation_id="get_notification",
     responses={
-        **_ERRORS,
+        **COMMON_ERRORS,
         **_NOT_FOUND,
         200: documented("The status document.", RATE_LIMIT, model=None),
     },
@@ -334,7 +339,10 @@ async def get_notification(
     response_model=NotificationPage,
     summary="List notifications, newest first",
     operation_id="list_notifications",
-    responses={**_ERRORS, 200: documented("One page of status documents.", RATE_LIMIT, model=None)},
+    responses={
+        **COMMON_ERRORS,
+        200: documented("One page of status documents.", RATE_LIMIT, model=None),
+    },
 )
 async def list_notifications(
     services: ServicesDep,
@@ -381,7 +389,7 @@ async def list_notifications(
     summary="Cancel a notification not yet sent",
     operation_id="cancel_notification",
     responses={
-        **_ERRORS,
+        **COMMON_ERRORS,
         **_NOT_FOUND,
         200: documented("Cancelled: the status document.", RATE_LIMIT, model=None),
         409: documented("Already sent, being sent, or finished.", RATE_LIMIT),
@@ -409,7 +417,7 @@ async def cancel_notification(
     summary="Queue a failed or expired notification again",
     operation_id="retry_notification",
     responses={
-        **_ERRORS,
+        **COMMON_ERRORS,
         **_NOT_FOUND,
         202: documented("Queued again: the status document.", LOCATION, RATE_LIMIT, model=None),
         409: documented("Not failed or expired.", RATE_LIMIT),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -58,12 +58,17 @@ async def _api_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _invalid(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    errors = [
+    return JSONResponse(invalid_body(exc.errors()), 422)
+
+
+def invalid_body(errors: Sequence[Any]) -> dict[str, Any]:
+    """The ``422 invalid_request`` body for pydantic's ``errors``, each field named."""
+    issues = [
         {"loc": _location(e.get("loc", ())), "msg": _message(e), "type": e.get("type")}
-        for e in exc.errors()
+        for e in errors
     ]
-    detail = "; ".join(f"{e['loc']}: {e['msg']}" if e["loc"] else e["msg"] for e in errors)
-    return error_response(422, "invalid_request", detail or "invalid request", errors=errors)
+    detail = "; ".join(f"{e['loc']}: {e['msg']}" if e["loc"] else e["msg"] for e in issues)
+    return {"detail": detail or "invalid request", "code": "invalid_request", "errors": issues}
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -65,6 +65,12 @@ class Store(Protocol):
         If the key is already taken, nothing is stored and the existing record is returned.
         """
 
+    async def add_many(
+        self, notifications: Sequence[Notification], idempotency: IdempotencyRecord | None = None
+    ) -> IdempotencyRecord | None:
+        """Commit new notifications together, in one transaction, as :meth:`add` does one:
+        all of them or none; nothing if the key is taken (the existing record is returned)."""
+
     async def attachment_parts(self, notification_id: str) -> list[bytes]:
         """The MIME parts of a notification's attachments, in order (none for one without,
         or one purged)."""

@@ -419,6 +419,23 @@ class PostgresStore:
 
         return await self._write(insert, atomic=True)
 
+    async def add_many(
+        self, notifications: Sequence[Notification], idempotency: IdempotencyRecord | None = None
+    ) -> IdempotencyRecord | None:
+        payload = dump([{c: to_row(n)[c] for c in INSERT_COLUMNS} for n in notifications])
+
+        async def insert(c: psycopg.AsyncConnection[dict[str, Any]]) -> IdempotencyRecord | None:
+            if idempotency is not None:
+                taken = (await c.execute(INSERT_KEY, asdict(idempotency))).rowcount == 0
+                if taken:
+                    return await _find_key(c, idempotency.owner, idempotency.key)
+            await c.execute(BULK_INSERT, (payload,))  # announces them too
+            for n in notifications:
+                await _insert_parts(c, n)
+            return None
+
+        return await self._write(insert, atomic=True)
+
     async def find_idempotency(self, owner: str, key: str) -> IdempotencyRecord | None:
         return await self._run(lambda c: _find_key(c, owner, key))
 

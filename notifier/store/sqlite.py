@@ -287,6 +287,21 @@ class SQLiteStore:
             return await self._write(insert, tuple(row[column] for column in INSERT_COLUMNS))
         return await self._write(insert)
 
+    async def add_many(
+        self, notifications: Sequence[Notification], idempotency: IdempotencyRecord | None = None
+    ) -> IdempotencyRecord | None:
+        payload = dump([[to_row(n)[c] for c in INSERT_COLUMNS] for n in notifications])
+
+        def insert(c: sqlite3.Connection) -> IdempotencyRecord | None:
+            if idempotency is not None and c.execute(INSERT_KEY, asdict(idempotency)).rowcount == 0:
+                return _find_key(c, idempotency.owner, idempotency.key)
+            c.execute(BULK_INSERT, (payload,))
+            for n in notifications:
+                _insert_parts(c, n)
+            return None
+
+        return await self._write(insert)
+
     async def find_idempotency(self, owner: str, key: str) -> IdempotencyRecord | None:
         return await self._read(lambda c: _find_key(c, owner, key))
 

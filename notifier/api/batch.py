@@ -1,0 +1,221 @@
+"""``POST /v1/notifications/batch``: many notifications in one request and one commit.
+
+Each item is checked as a single ``POST`` would be and answered in place: ``202`` with
+its id, or the error a single ``POST`` would have given. The valid items are committed
+together, in one transaction, before the answer; an invalid item rejects only itself.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from functools import partial
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from notifier.api.auth import CallerDep, owner_of
+from notifier.api.idempotency import checked_key, request_hash
+from notifier.api.notifications import (
+    COMMON_ERRORS,
+    AcceptRoute,
+    IdempotencyKey,
+    check_admitting,
+    checked_request,
+)
+from notifier.api.openapi import IDEMPOTENT_REPLAYED, RATE_LIMIT, RETRY_AFTER, documented
+from notifier.api.problem import ApiError, invalid_body
+from notifier.api.responses import RawJSON
+from notifier.api.services import Services, services_of
+from notifier.domain import Address, IdempotencyRecord, Notification
+from notifier.keys import ApiKey
+from notifier.schemas import ErrorBody, NotificationRequest
+from notifier.templates import Rendered
+
+router = APIRouter(prefix="/v1/notifications", tags=["notifications"])
+
+#: An item checked and ready to store: its request, the sender and what its template gave.
+_Valid = tuple[int, NotificationRequest, Address, Rendered | None]
+
+
+class NotificationBatch(BaseModel):
+    """Notifications to accept together; each item is a `POST /v1/notifications` body."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    notifications: Annotated[
+        list[Any],
+        Field(
+            min_length=1,
+            description="At most `NOTIFIER_MAX_BATCH` notifications, each checked on its own.",
+            json_schema_extra={"items": {"$ref": "#/components/schemas/NotificationRequest"}},
+        ),
+    ]
+
+
+class BatchItem(BaseModel):
+    status: int = Field(description="`202` when accepted, else the status a single POST got.")
+    id: str | None = Field(default=None, description="The accepted notification's id.")
+    error: ErrorBody | None = Field(default=None, description="Why it was refused.")
+
+
+class BatchAnswer(BaseModel):
+    items: list[BatchItem] = Field(description="One result per notification, in order.")
+
+
+class BatchRoute(AcceptRoute):
+    """Served from ASGI like a single accept: the same checks, in the same order."""
+
+    BODY = NotificationBatch
+
+
+async def create_notifications(
+    body: NotificationBatch,
+    request: Request,
+    caller: CallerDep,
+    idempotency_key: IdempotencyKey = None,
+) -> RawJSON:
+    """Check each notification, commit the valid ones together, answer ``200`` per item.
+
+    With an ``Idempotency-Key``, the same key and batch answer the original ``200``
+    again (``Idempotent-Replayed: true``); nothing is stored twice.
+    """
+    services = services_of(request)
+    settings = services.settings
+    key = checked_key(idempotency_key)
+    if len(body.notifications) > settings.max_batch:
+        raise ApiError(
+            422,
+            "batch_too_large",
+            f"{len(body.notifications)} notifications; at most {settings.max_batch} in one "
+            "batch (NOTIFIER_MAX_BATCH)",
+        )
+    results: list[dict[str, Any]] = []
+    valid: list[_Valid] = []
+    for position, item in enumerate(body.notifications):
+        try:
+            single = NotificationRequest.model_validate(item)
+            sender, rendered = checked_request(single, services, caller)
+        except ValidationError as exc:
+            errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]
+            results.append({"status": 422, "error": invalid_body(errors)})
+        except ApiError as exc:
+            results.append(
+                {"status": exc.status, "error": {"detail": exc.detail, "code": exc.code}}
+            )
+        else:
+            results.append({"status": 202})
+            valid.append((position, single, sender, rendered))
+    if valid:
+        services.rate_limiter.recipients(caller, sum(v[1].recipient_count for v in valid))
+    if key is None or not valid:
+        return await _admit(valid, results, services, caller, None)
+    owner = owner_of(caller) or ""
+    services.idempotency.claim(owner, key)
+    try:
+        canonical = orjson.dumps(body.notifications, option=orjson.OPT_SORT_KEYS).decode()
+        digest = request_hash(f"batch {canonical}")
+        existing = await services.store.find_idempotency(owner, key)
+        if existing is not None:
+            return _replay(existing, digest)
+        return await _admit(valid, results, services, caller, (owner, key, digest))
+    finally:
+        services.idempotency.release(owner, key)
+
+
+router.add_api_route(
+    "/batch",
+    create_notifications,
+    methods=["POST"],
+    route_class_override=BatchRoute,
+    status_code=200,
+    response_model=BatchAnswer,
+    summary="Accept many notifications in one request",
+    operation_id="create_notifications",
+    responses={
+        **COMMON_ERRORS,
+        200: documented(
+            "Each item's result, in order; the accepted ones are committed. For a repeated "
+            "`Idempotency-Key`, the original answer again (`Idempotent-Replayed: true`).",
+            RATE_LIMIT,
+            IDEMPOTENT_REPLAYED,
+            model=None,
+        ),
+        400: documented("Unparsable JSON or malformed `Idempotency-Key`.", RATE_LIMIT),
+        409: documented("Same key, first request still in progress.", RATE_LIMIT, RETRY_AFTER),
+        413: documented("The request body is too large."),
+        415: documented("The body is not `application/json`."),
+        422: documented(
+            "The batch itself is invalid (not a list, empty, over `NOTIFIER_MAX_BATCH`, or "
+            "the key reused with another batch); nothing was stored.",
+            RATE_LIMIT,
+        ),
+        503: documented(
+            "Shutting down, too many undelivered notifications, or the store cannot take "
+            "writes; nothing was stored. Retry after `Retry-After` seconds.",
+            RATE_LIMIT,
+            RETRY_AFTER,
+        ),
+    },
+)
+
+
+async def _admit(
+    valid: list[_Valid],
+    results: list[dict[str, Any]],
+    services: Services,
+    caller: ApiKey | None,
+    idempotency: tuple[str, str, str] | None,
+) -> RawJSON:
+    """Store the valid items in one transaction (with the key), then answer ``200``."""
+    if not valid:
+        return RawJSON({"items": results}, 200)
+    await check_admitting(services)
+    settings = services.settings
+    now = time.time()
+    owner = owner_of(caller)
+    notifications: list[Notification] = []
+    for position, single, sender, rendered in valid:
+        n = single.to_notification(
+            sender, now=now, lifetime=settings.message_lifetime, owner=owner, rendered=rendered
+        )
+        notifications.append(n)
+        results[position]["id"] = n.id
+    answer = {"items": results}
+    record = None
+    if idempotency is not None:
+        key_owner, key, digest = idempotency
+        record = IdempotencyRecord(
+            owner=key_owner,
+            key=key,
+            request_hash=digest,
+            notification_id=notifications[0].id,
+            response=json.dumps(answer),
+            expires_at=now + settings.idempotency_window,
+        )
+    taken = await services.store.add_many(notifications, record)
+    if taken is not None:
+        return _replay(taken, record.request_hash if record else "")
+    for n in notifications:
+        services.backpressure.accepted()
+        services.metrics.accepted_one(n.priority)
+    return RawJSON(answer, 200, {}, partial(_accepted, services, notifications))
+
+
+async def _accepted(services: Services, notifications: list[Notification]) -> None:
+    """After the answer: acknowledge each, and wake the dispatcher."""
+    for n in notifications:
+        await services.on_accepted(n)
+
+
+def _replay(record: IdempotencyRecord, digest: str) -> RawJSON:
+    if record.request_hash != digest:
+        raise ApiError(
+            422,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used with a different request body; "
+            "use a new key for a new batch",
+        )
+    return RawJSON(json.loads(record.response), 200, {"Idempotent-Replayed": "true"})
