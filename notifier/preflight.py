@@ -35,7 +35,7 @@ def preflight(settings: Settings) -> Prepared:
     name, read and checked."""
     settings.check_startable()
     try:
-        normalize_address(settings.sender)
+        normalize_address(settings.sender, settings.allow_special_use_domains)
     except ValueError as exc:
         raise ConfigError(f"NOTIFIER_MAIL_FROM: {exc}") from None
     settings.smtp_secret()

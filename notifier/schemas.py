@@ -13,8 +13,9 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Annotated, Any
 
+import email_validator
 import orjson
-from email_validator import EmailNotValidError, validate_email
+from email_validator import EmailNotValidError, ValidatedEmail, validate_email
 from pydantic import (
     AfterValidator,
     AwareDatetime,
@@ -24,6 +25,7 @@ from pydantic import (
     Discriminator,
     Field,
     Tag,
+    ValidationInfo,
     model_validator,
 )
 
@@ -75,25 +77,79 @@ def _body_safe(value: str) -> str:
     return value
 
 
+#: The key of pydantic's validation context that says whether special-use domains are
+#: accepted (``Settings.allow_special_use_domains``); without it they are refused.
+SPECIAL_USE_ALLOWED = "special_use_allowed"
+
+
 @lru_cache(maxsize=8192)
-def normalize_address(value: str) -> str:
+def normalize_address(value: str, special_use_allowed: bool = False) -> str:
     """One bare mailbox, RFC 5321 lengths, the domain in IDNA; raises ``ValueError``.
 
-    A non-ASCII local part is kept (it needs a relay with SMTPUTF8, RFC 6531).
+    A non-ASCII local part is kept (it needs a relay with SMTPUTF8, RFC 6531). A
+    special-use domain (``.local``, ``localhost``, ``.test``, ...) is refused unless
+    ``special_use_allowed``, with a message naming the setting that allows it.
     """
     _header_safe(value)
     try:
         checked = validate_email(value, check_deliverability=False)
+        domain, special_use = checked.ascii_domain, False
     except EmailNotValidError as exc:
-        raise ValueError(f"invalid email address: {exc}") from None
+        found = _special_use_domain(value)
+        if found is None:
+            raise ValueError(f"invalid email address: {exc}") from None
+        checked, domain = found
+        special_use = True
     if len(checked.local_part.encode()) > MAX_LOCAL_PART_OCTETS:
         raise ValueError(f"the part before the @-sign is over {MAX_LOCAL_PART_OCTETS} octets")
-    return f"{checked.local_part}@{checked.ascii_domain}"
+    if special_use and not special_use_allowed:
+        raise ValueError(
+            f"invalid email address: {domain} is a special-use domain; set "
+            "NOTIFIER_ALLOW_SPECIAL_USE_DOMAINS=true to accept it"
+        )
+    return f"{checked.local_part}@{domain}"
+
+
+def _special_use_domain(value: str) -> tuple[ValidatedEmail, str] | None:
+    """``value`` checked as if its special-use domain were an ordinary one, and that
+    domain in ASCII; ``None`` unless its domain ends in a special-use name (in ASCII).
+
+    email-validator refuses the names in its ``SPECIAL_USE_DOMAIN_NAMES``, and their
+    subdomains, whatever its arguments say (``test_environment`` frees ``test`` alone);
+    the only way around is to edit that list for the whole process. So the name is
+    swapped for as many letters, and the address checked with
+    ``globally_deliverable=False`` (``localhost`` has no dot): every other check, lengths
+    included, is still the library's. Raises ``ValueError`` for what else is wrong.
+    """
+    local_part, at, domain = value.rpartition("@")
+    if not at:
+        return None
+    for special in email_validator.SPECIAL_USE_DOMAIN_NAMES:
+        rest, tail = domain[: -len(special)], domain[-len(special) :]
+        if tail.isascii() and tail.lower() == special and (not rest or rest.endswith(".")):
+            break
+    else:
+        return None
+    stand_in = re.sub(r"[^.]", "x", special)
+    try:
+        checked = validate_email(
+            f"{local_part}@{rest}{stand_in}", check_deliverability=False, globally_deliverable=False
+        )
+    except EmailNotValidError as exc:
+        raise ValueError(f"invalid email address: {exc}") from None
+    return checked, checked.ascii_domain[: -len(special)] + special
+
+
+def _email_address(value: str, info: ValidationInfo) -> str:
+    """:func:`normalize_address` under the policy the validation context carries: the
+    settings reach request validation this way, not through module state."""
+    context = info.context
+    return normalize_address(value, bool(context and context.get(SPECIAL_USE_ALLOWED)))
 
 
 HeaderText = Annotated[str, AfterValidator(_header_safe)]
 BodyText = Annotated[str, AfterValidator(_body_safe)]
-EmailAddress = Annotated[str, AfterValidator(normalize_address)]
+EmailAddress = Annotated[str, AfterValidator(_email_address)]
 
 
 class NamedAddress(BaseModel):

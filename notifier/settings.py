@@ -73,6 +73,11 @@ class Settings(BaseSettings):
     mail_from: str | None = None
     allowed_senders: CommaList = Field(default_factory=list)
 
+    # Addresses
+    #: Accept addresses at special-use domains (``.local``, ``localhost``, ``.test``, ...),
+    #: which email-validator refuses: internal mail domains such as ``corp.local``.
+    allow_special_use_domains: bool = False
+
     # Storage and acknowledgments
     #: ``sqlite:///path`` (one process) or ``postgresql://user:pass@host/db`` (replicas).
     database_url: str = "sqlite:///./data/notifier.db"
@@ -221,6 +226,8 @@ class Settings(BaseSettings):
                 "smtp_username": None,
                 "smtp_password": None,
                 "smtp_password_file": None,
+                # Callers' test suites send to ``.test``, ``localhost`` and the like.
+                "allow_special_use_domains": True,
             }
         )
         development._dev = True

@@ -95,6 +95,33 @@ async def test_invalid_request_is_422_and_nothing_is_stored(
     assert smtp_handler.sessions == 0
 
 
+async def test_special_use_domain_is_422_naming_the_setting_and_delivered_once_allowed(
+    make_settings: MakeSettings, smtp_handler: ScriptedHandler
+) -> None:
+    body = notification(to=["user@corp.local"])
+    async with running_app(make_settings()) as client:
+        refused = await client.post("/v1/notifications", json=body)
+        filtered = await client.get("/v1/notifications", params={"recipient": "user@corp.local"})
+    async with running_app(make_settings(allow_special_use_domains=True)) as client:
+        accepted = await client.post("/v1/notifications", json=body)
+        assert accepted.status_code == 202, accepted.text
+        doc = await wait_for(client, accepted.json()["id"])
+        found = await client.get("/v1/notifications", params={"recipient": "user@corp.local"})
+
+    assert refused.status_code == 422
+    assert refused.json()["code"] == "invalid_request"
+    assert [e["loc"] for e in refused.json()["errors"]] == ["body.to.0"]
+    assert "NOTIFIER_ALLOW_SPECIAL_USE_DOMAINS=true" in refused.json()["detail"]
+    assert filtered.status_code == 422
+    assert "NOTIFIER_ALLOW_SPECIAL_USE_DOMAINS=true" in filtered.json()["detail"]
+    assert doc["status"] == "sent"
+    assert [r["address"] for r in doc["recipients"]] == ["user@corp.local"]
+    assert [item["id"] for item in found.json()["items"]] == [doc["id"]]
+    (received,) = smtp_handler.received
+    assert received.rcpt_tos == ["user@corp.local"]
+    assert received.message["To"] == "user@corp.local"
+
+
 async def test_malformed_json_is_422(client: httpx.AsyncClient) -> None:
     response = await client.post(
         "/v1/notifications", content=b'{"to": [', headers={"content-type": "application/json"}

@@ -93,6 +93,26 @@ def test_check_config_reports_what_would_stop_serve(capsys: pytest.CaptureFixtur
     assert "NOTIFIER_SMTP_HOST" in capsys.readouterr().err
 
 
+def test_sender_at_a_special_use_domain_needs_the_setting_or_dev(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    production(monkeypatch, NOTIFIER_MAIL_FROM="notifier@corp.local")
+
+    refused = main(["check-config"])
+    refused_err = capsys.readouterr().err
+    in_development = main(["check-config", "--dev"])
+    capsys.readouterr()
+    monkeypatch.setenv("NOTIFIER_ALLOW_SPECIAL_USE_DOMAINS", "true")
+    allowed = main(["check-config"])
+
+    assert refused == 2
+    assert "NOTIFIER_MAIL_FROM" in refused_err
+    assert "NOTIFIER_ALLOW_SPECIAL_USE_DOMAINS=true" in refused_err
+    assert in_development == 0
+    assert allowed == 0
+    assert "configuration OK" in capsys.readouterr().err
+
+
 def test_url_must_be_http(capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["status", "some-id", "--url", "file:///etc/passwd"])
 

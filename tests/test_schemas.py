@@ -8,7 +8,12 @@ import pytest
 from pydantic import ValidationError
 
 from notifier.domain import Address, Recipient, RecipientKind, RecipientStatus
-from notifier.schemas import NamedAddress, NotificationRequest
+from notifier.schemas import (
+    SPECIAL_USE_ALLOWED,
+    NamedAddress,
+    NotificationRequest,
+    normalize_address,
+)
 
 SENDER = Address("notifier@example.com")
 
@@ -108,6 +113,98 @@ def test_domain_label_of_63_characters_is_accepted() -> None:
     address = "a@" + "b" * 63 + ".com"
 
     assert validate(to=[address]).to == [address]
+
+
+#: email-validator refuses each of these; NOTIFIER_ALLOW_SPECIAL_USE_DOMAINS accepts them.
+SPECIAL_USE_ADDRESSES = [
+    pytest.param("a@b.test", "a@b.test", id="test"),
+    pytest.param("x@corp.local", "x@corp.local", id="local"),
+    pytest.param("root@localhost", "root@localhost", id="localhost-without-a-dot"),
+    pytest.param("a@example.invalid", "a@example.invalid", id="invalid"),
+    pytest.param("a@abc.onion", "a@abc.onion", id="onion"),
+    pytest.param("a@1.0.0.10.in-addr.arpa", "a@1.0.0.10.in-addr.arpa", id="arpa"),
+    pytest.param("Ada@Mail.Corp.LOCAL", "Ada@mail.corp.local", id="domain-case-normalised"),
+    pytest.param("a@münchen.local", "a@xn--mnchen-3ya.local", id="international"),
+]
+ALLOWED = {SPECIAL_USE_ALLOWED: True}
+
+
+@pytest.mark.parametrize(("address", "normalised"), SPECIAL_USE_ADDRESSES)
+def test_special_use_domain_is_refused_naming_the_setting(address: str, normalised: str) -> None:
+    with pytest.raises(ValueError, match="NOTIFIER_ALLOW_SPECIAL_USE_DOMAINS=true") as raised:
+        normalize_address(address)
+
+    assert f"{normalised.partition('@')[2]} is a special-use domain" in str(raised.value)
+
+
+@pytest.mark.parametrize(("address", "normalised"), SPECIAL_USE_ADDRESSES)
+def test_special_use_domain_is_accepted_when_allowed(address: str, normalised: str) -> None:
+    assert normalize_address(address, True) == normalised
+
+
+def test_special_use_domain_follows_the_validation_context_in_every_address_field() -> None:
+    fields: dict[str, Any] = {
+        "to": ["a@b.test", {"address": "b@corp.local", "name": "B"}],
+        "cc": ["root@localhost"],
+        "bcc": ["c@corp.local"],
+        "reply_to": "d@corp.local",
+        "from": {"address": "notifier@corp.local", "name": "Notifier"},
+    }
+
+    accepted = NotificationRequest.model_validate(request(**fields), context=ALLOWED)
+    with pytest.raises(ValidationError) as refused:
+        NotificationRequest.model_validate(request(**fields))
+    with pytest.raises(ValidationError):
+        NotificationRequest.model_validate(request(**fields), context={SPECIAL_USE_ALLOWED: False})
+
+    assert [r.address for r in accepted.recipients()] == [
+        "a@b.test",
+        "b@corp.local",
+        "root@localhost",
+        "c@corp.local",
+    ]
+    assert isinstance(accepted.sender, NamedAddress)
+    assert accepted.sender.address == "notifier@corp.local"
+    assert {".".join(map(str, e["loc"][:2])) for e in refused.value.errors()} == {
+        "to.0",
+        "to.1",
+        "cc.0",
+        "bcc.0",
+        "reply_to.0",
+        "from.named",
+    }
+    assert all("NOTIFIER_ALLOW_SPECIAL_USE_DOMAINS" in e["msg"] for e in refused.value.errors())
+
+
+@pytest.mark.parametrize(
+    ("address", "message"),
+    [
+        pytest.param("a b@corp.local", "before the @-sign: SPACE", id="bad-local-part"),
+        pytest.param("a@-corp.local", "hyphen immediately after the @-sign", id="bad-label"),
+        pytest.param("a@corp..local", "two periods in a row", id="empty-label"),
+        pytest.param("a@" + "b" * 64 + ".local", "so many characters", id="label-of-64"),
+        pytest.param("a" * 65 + "@corp.local", "over 64 octets", id="local-part-of-65"),
+        pytest.param("a@intranet", "It should have a period", id="dotless-not-special-use"),
+        pytest.param("localhost", "must have an @-sign", id="no-at-sign"),
+        # email-validator's own words: it looks at the domain before the display name.
+        pytest.param("Ada <a@corp.local>", "special-use or reserved name", id="display-name"),
+    ],
+)
+def test_address_at_a_special_use_domain_is_still_checked_for_everything_else(
+    address: str, message: str
+) -> None:
+    for allowed in (False, True):
+        with pytest.raises(ValueError, match=message) as raised:
+            normalize_address(address, allowed)
+        assert "NOTIFIER_ALLOW_SPECIAL_USE_DOMAINS" not in str(raised.value)
+
+
+def test_the_longest_address_at_a_special_use_name_is_accepted_and_one_more_is_not() -> None:
+    address = "a@" + ".".join(["b" * 63] * 3) + "." + "c" * 54 + ".local"  # 254 octets
+
+    assert normalize_address(address, True) == address
+    with pytest.raises(ValueError, match="too long"):
+        normalize_address("a" + address, True)
 
 
 UNSAFE_CHARACTERS = [

@@ -83,6 +83,17 @@ def test_development_mode_points_at_the_capture_server_and_needs_no_keys() -> No
     assert settings.auth_required is False
 
 
+def test_special_use_domains_are_refused_unless_the_setting_or_development_mode_allows_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert Settings().allow_special_use_domains is False
+    assert Settings().for_development().allow_special_use_domains is True
+
+    monkeypatch.setenv("NOTIFIER_ALLOW_SPECIAL_USE_DOMAINS", "true")
+
+    assert Settings().allow_special_use_domains is True
+
+
 def test_credentials_over_plaintext_are_refused_without_echoing_them() -> None:
     with pytest.raises(ValidationError) as raised:
         Settings(smtp_username="user", smtp_password="hunter2", smtp_tls="none")

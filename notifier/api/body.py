@@ -8,7 +8,7 @@ whichever way a route binds its arguments.
 from __future__ import annotations
 
 import json
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
@@ -40,17 +40,18 @@ async def read_body(receive: Receive) -> bytes:
     return b"".join(chunks)
 
 
-def parse_json(raw: bytes, model: type[Model]) -> Model:
+def parse_json(raw: bytes, model: type[Model], context: dict[str, Any] | None = None) -> Model:
     """The body as ``model``; ``422`` when it is missing, malformed or invalid, ``400`` when
     it cannot be decoded (not UTF-8, nested too deep).
 
     Valid UTF-8 JSON is parsed and validated in one pass by pydantic. Anything that
     pass refuses goes the way FastAPI goes (``json.loads``, then validation), which
-    accepts the same documents plus UTF-16 and UTF-32, and words the errors.
+    accepts the same documents plus UTF-16 and UTF-32, and words the errors. ``context``
+    is pydantic's validation context, for validators that depend on the settings.
     """
     if raw:
         try:
-            return model.model_validate_json(raw)
+            return model.model_validate_json(raw, context=context)
         except ValidationError:
             pass
     if not raw:
@@ -70,7 +71,7 @@ def parse_json(raw: bytes, model: type[Model]) -> Model:
     except (ValueError, RecursionError) as exc:
         raise ApiError(400, "bad_request", "There was an error parsing the body") from exc
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context=context)
     except ValidationError as exc:
         errors = [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
         raise RequestValidationError(errors) from exc

@@ -38,6 +38,7 @@ from notifier.domain import (
 )
 from notifier.keys import ApiKey, sender_allowed
 from notifier.schemas import (
+    SPECIAL_USE_ALLOWED,
     NamedAddress,
     NotificationAccepted,
     NotificationOut,
@@ -116,7 +117,8 @@ class AcceptRoute(APIRoute):
         request = Request(scope, receive)
         require_json(request)
         caller = authenticate_and_charge(request)
-        body = parse_json(await read_body(receive), self.BODY)
+        allowed = services_of(request).settings.allow_special_use_domains
+        body = parse_json(await read_body(receive), self.BODY, {SPECIAL_USE_ALLOWED: allowed})
         headers = request.headers
         arguments = {argument: headers.get(name) for name, argument in self.HEADERS}
         answer: RawJSON = await self.endpoint(body, request, caller, **arguments)
@@ -366,7 +368,7 @@ async def list_notifications(
     """Page through notifications; follow ``next_cursor`` until it is ``null``."""
     if recipient is not None:
         try:
-            recipient = normalize_address(recipient)
+            recipient = normalize_address(recipient, services.settings.allow_special_use_domains)
         except ValueError as exc:
             raise ApiError(422, "invalid_request", f"recipient: {exc}") from None
     filters = PageFilter(
