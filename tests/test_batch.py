@@ -79,6 +79,20 @@ async def test_each_item_is_answered_in_order_and_only_the_valid_ones_are_sent(
     assert attached.get_payload(decode=True) == b"attached"
 
 
+async def test_items_to_special_use_domains_follow_the_setting(
+    make_settings: MakeSettings,
+) -> None:
+    batch = {"notifications": [notification(to=["user@corp.local"])]}
+    async with running_app(make_settings()) as client:
+        refused = (await client.post(BATCH, json=batch)).json()["items"][0]
+    async with running_app(make_settings(allow_special_use_domains=True)) as client:
+        accepted = (await client.post(BATCH, json=batch)).json()["items"][0]
+
+    assert refused["status"] == 422
+    assert "NOTIFIER_ALLOW_SPECIAL_USE_DOMAINS" in refused["error"]["detail"]
+    assert accepted["status"] == 202
+
+
 async def test_a_batch_over_the_limit_or_empty_is_refused_whole(
     make_settings: MakeSettings,
 ) -> None:

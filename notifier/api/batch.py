@@ -31,7 +31,7 @@ from notifier.api.responses import RawJSON
 from notifier.api.services import Services, services_of
 from notifier.domain import Address, IdempotencyRecord, Notification
 from notifier.keys import ApiKey
-from notifier.schemas import ErrorBody, NotificationRequest
+from notifier.schemas import SPECIAL_USE_ALLOWED, ErrorBody, NotificationRequest
 from notifier.templates import Rendered
 
 router = APIRouter(prefix="/v1/notifications", tags=["notifications"])
@@ -94,9 +94,10 @@ async def create_notifications(
         )
     results: list[dict[str, Any]] = []
     valid: list[_Valid] = []
+    context = {SPECIAL_USE_ALLOWED: settings.allow_special_use_domains}
     for position, item in enumerate(body.notifications):
         try:
-            single = NotificationRequest.model_validate(item)
+            single = NotificationRequest.model_validate(item, context=context)
             sender, rendered = checked_request(single, services, caller)
         except ValidationError as exc:
             errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]
