@@ -258,6 +258,28 @@ async def test_a_template_that_cannot_give_a_message_is_refused_and_nothing_stor
     assert listed.json()["items"] == []
 
 
+@pytest.mark.parametrize(
+    "name", ["../templates/greeting", "greeting/../greeting", "/etc/passwd", "..", "GREETING"]
+)
+async def test_a_template_name_is_a_name_not_a_path(
+    make_settings: MakeSettings, templates_dir: Path, name: str
+) -> None:
+    # Names are looked up among the folders read at start-up, never opened as paths.
+    (templates_dir.parent / "secret.txt").write_text("not a template")
+    async with running_app(make_settings(template_dir=templates_dir)) as client:
+        posted = await client.post(
+            "/v1/notifications", json={"to": ["ada@example.com"], "template": name, "data": {}}
+        )
+        previewed = await client.post(f"/v1/templates/{name}/preview", json={"data": {}})
+        listed = await client.get("/v1/notifications")
+
+    assert (posted.status_code, posted.json()["code"]) == (422, "unknown_template")
+    # Unknown, a path no route serves, or (the client resolving "..") greeting itself.
+    assert previewed.status_code in (404, 405, 422)
+    assert "not a template" not in posted.text + previewed.text
+    assert listed.json()["items"] == []
+
+
 async def test_a_keyed_templated_request_replays_the_original(
     make_settings: MakeSettings, templates_dir: Path
 ) -> None:
