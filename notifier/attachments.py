@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import binascii
 import re
+import unicodedata
 from collections.abc import Sequence
-from email.message import MIMEPart
 
 from notifier.domain import Attachment
-from notifier.wire import CRLF, WIRE_POLICY, make_boundary
+from notifier.wire import CRLF, make_boundary
 
 #: Longest file name kept, in characters (common file systems allow 255).
 MAX_FILENAME = 255
@@ -34,17 +34,33 @@ _COMPOSITE = frozenset({"multipart", "message"})
 #: lone surrogates.
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 _WHITESPACE = re.compile(r"\s+")
+#: Unicode categories no file name keeps: controls, formatting (bidirectional
+#: overrides, zero-width characters), separators of lines and paragraphs, surrogates.
+_INVISIBLE = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+#: A file name written as a quoted string as it is: printable ASCII that no reader
+#: decodes (no ``=?``) and that needs no escaping.
+_PLAIN_FILENAME = re.compile(r"[A-Za-z0-9 !#$%&'()*+,.;<>@\[\]^_`{|}~-]+")
+#: Characters of an RFC 2231 value written as they are (``attr-char``); the rest as %XX.
+_ATTR_CHARS = frozenset(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!#$&+-.^_`|~"
+)
+#: Characters of an encoded file name per header line (RFC 2231 continuations), so
+#: that each line stays within 78.
+_SEGMENT = 50
 #: The message headers that describe the body: they move to the body's own part.
 _BODY_FIELDS = (b"content-type:", b"content-transfer-encoding:", b"mime-version:")
 
 
 def sanitised_filename(name: str) -> str:
-    """The file name a reader's mail client will save: no folders, no control characters.
+    """The file name a reader's mail client will save: no folders, no control or
+    formatting characters (a right-to-left override would show ``gnp.exe`` as
+    ``exe.png``).
 
     Raises ``ValueError`` when nothing usable is left.
     """
     base = name.replace("\\", "/").rsplit("/", 1)[-1]
-    base = _UNSAFE.sub("", base).strip()
+    base = "".join(c for c in _UNSAFE.sub("", base) if unicodedata.category(c) not in _INVISIBLE)
+    base = base.strip()
     if base in ("", ".", ".."):
         raise ValueError(f"{name!r} has no file name once folders and controls are removed")
     if len(base) > MAX_FILENAME:
@@ -85,15 +101,22 @@ def decoded_base64(value: str) -> bytes:
 
 
 def encoded_part(attachment: Attachment, content: bytes) -> bytes:
-    """The MIME part ``content`` is sent as: its headers (the file name in RFC 2231 when
-    it is not ASCII), then the content in base64 lines, each ending in CRLF."""
-    part = MIMEPart(policy=WIRE_POLICY)
-    part["Content-Type"] = attachment.content_type
-    part.set_param("name", attachment.filename)
-    part["Content-Transfer-Encoding"] = "base64"
-    part["Content-Disposition"] = "attachment"
-    part.set_param("filename", attachment.filename, header="Content-Disposition")
-    encoded = bytearray(part.as_bytes(policy=WIRE_POLICY))  # the headers and the blank line
+    """The MIME part ``content`` is sent as: its headers, then the content in base64
+    lines, each ending in CRLF.
+
+    The headers are written here, not by the ``email`` package, which decodes a value
+    shaped like an encoded word (``=?utf-8?b?...?=``) and would write what it hides, line
+    breaks included. A plain ASCII file name is quoted as it is; any other is written in
+    RFC 2231 form (``filename*=utf-8''...``), in pieces of at most a line each.
+    """
+    filename = _parameter("filename", attachment.filename)
+    name = _parameter("name", attachment.filename)
+    head = (
+        f"Content-Type: {attachment.content_type};{name}\r\n"
+        "Content-Transfer-Encoding: base64\r\n"
+        f"Content-Disposition: attachment;{filename}\r\n\r\n"
+    ).encode("ascii")
+    encoded = bytearray(head)
     width = _LINE_BYTES * 4 // 3
     # In blocks of lines, so that no whole-size copy but the result is ever made.
     for start in range(0, len(content), _BLOCK_BYTES):
@@ -101,6 +124,24 @@ def encoded_part(attachment: Attachment, content: bytes) -> bytes:
         encoded += CRLF.join(block[i : i + width] for i in range(0, len(block), width))
         encoded += CRLF
     return bytes(encoded)
+
+
+def _parameter(attribute: str, value: str) -> str:
+    """`` attribute="value"``, or its RFC 2231 form folded over lines: ASCII only."""
+    if _PLAIN_FILENAME.fullmatch(value) and "=?" not in value:
+        return f'\r\n {attribute}="{value}"'
+    octets = "".join(chr(b) if b in _ATTR_CHARS else f"%{b:02X}" for b in value.encode())
+    segments: list[str] = []
+    while octets:
+        cut = min(_SEGMENT, len(octets))
+        if "%" in octets[cut - 2 : cut]:  # never split a %XX
+            cut = octets.rindex("%", 0, cut)
+        segments.append(octets[:cut])
+        octets = octets[cut:]
+    if len(segments) == 1:
+        return f"\r\n {attribute}*=utf-8''{segments[0]}"
+    segments[0] = "utf-8''" + segments[0]
+    return ";".join(f"\r\n {attribute}*{i}*={segment}" for i, segment in enumerate(segments))
 
 
 def with_attachments(message: bytes, parts: Sequence[bytes], *, seed: str) -> list[bytes]:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import base64
 import gc
+import hashlib
 import json
 import logging
 import math
@@ -298,9 +299,14 @@ def _attachment(path: Path) -> dict[str, str]:
 
 def _send_batch(args: argparse.Namespace) -> int:
     """Each line's result as a line of its own (``line``, then ``status`` and ``id`` or
-    ``error``); 0 only if every notification was accepted."""
+    ``error``); 0 only if every notification was accepted.
+
+    Each request carries an ``Idempotency-Key`` drawn from the file and the request's
+    place in it, so running the same file again after a failure sends nothing twice.
+    """
     try:
-        lines = _batch_lines(args.batch)
+        text = sys.stdin.read() if str(args.batch) == "-" else args.batch.read_text("utf-8")
+        lines = _batch_lines(text, args.batch)
     except (OSError, ValueError) as exc:
         print(f"notifier send: {exc}", file=sys.stderr)
         return 2
@@ -309,11 +315,13 @@ def _send_batch(args: argparse.Namespace) -> int:
         return 2
     if _bad_url(args):
         return 2
+    digest = hashlib.sha256(text.encode()).hexdigest()[:32]
     all_accepted = True
     for start in range(0, len(lines), args.batch_size):
         chunk = lines[start : start + args.batch_size]
         batch = {"notifications": [body for _, body in chunk]}
-        answer = _call(args, "POST", "/v1/notifications/batch", batch)
+        key = f"notifier-send-{digest}-{start}-{len(chunk)}"
+        answer = _call(args, "POST", "/v1/notifications/batch", batch, {"Idempotency-Key": key})
         if answer is None:
             return 1
         for (number, _), item in zip(chunk, answer["items"], strict=True):
@@ -322,11 +330,11 @@ def _send_batch(args: argparse.Namespace) -> int:
     return 0 if all_accepted else 1
 
 
-def _batch_lines(path: Path) -> list[tuple[int, Any]]:
-    """The notification bodies of a JSON Lines file, with their line numbers."""
-    text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+def _batch_lines(text: str, path: Path) -> list[tuple[int, Any]]:
+    """The notification bodies of a JSON Lines text, with their line numbers. Lines end
+    at LF alone: JSON may hold other line separators (U+2028) in its strings."""
     bodies = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(text.split("\n"), start=1):
         if line.strip():
             try:
                 bodies.append((number, json.loads(line)))
@@ -409,12 +417,20 @@ def _bad_url(args: argparse.Namespace) -> bool:
     return True
 
 
-def _call(args: argparse.Namespace, method: str, path: str, body: object = None) -> Any:
+def _call(
+    args: argparse.Namespace,
+    method: str,
+    path: str,
+    body: object = None,
+    headers: dict[str, str] | None = None,
+) -> Any:
     """The service's JSON answer, or ``None`` after saying why there is none."""
     data = None if body is None else json.dumps(body).encode()
     url = args.url.rstrip("/") + path
     request = urllib.request.Request(url, data=data, method=method)  # noqa: S310 - scheme checked
     request.add_header("content-type", "application/json")
+    for name, value in (headers or {}).items():
+        request.add_header(name, value)
     if args.api_key:
         request.add_header("authorization", f"Bearer {args.api_key}")
     try:

@@ -37,6 +37,9 @@ START_TIMEOUT_SECONDS = 5.0
 SPLIT_AT = 6
 SPLIT_PAUSE_SECONDS = 0.005
 STOP_TIMEOUT_SECONDS = 5.0
+#: How long a stalled session waits at most, and how often it looks for its end.
+MAX_STALL_SECONDS = 10.0
+STALL_POLL_SECONDS = 0.02
 
 
 class Action(StrEnum):
@@ -51,6 +54,9 @@ class Action(StrEnum):
     DROP_AFTER_DOT = "drop after dot"
     #: Never answer: read on until the client hangs up (a relay that froze).
     SILENCE = "silence"
+    #: At DATA: answer 354, read one line of the body, then read nothing more (a relay
+    #: that froze mid-message) until the connection is closed or the server stops.
+    STALL_IN_BODY = "stall in body"
 
 
 @dataclass(frozen=True)
@@ -386,6 +392,14 @@ class _Conversation:
         if reply is Action.DROP_AFTER_354:
             await self._answer("354 End data with <CR><LF>.<CR><LF>")
             await self._reader.readline()
+            return await self._answer(Action.DROP)
+        if reply is Action.STALL_IN_BODY:
+            await self._answer("354 End data with <CR><LF>.<CR><LF>")
+            await self._reader.readline()
+            self._writer.transport.pause_reading()  # type: ignore[attr-defined]
+            give_up = asyncio.get_running_loop().time() + MAX_STALL_SECONDS
+            while not self._writer.is_closing() and asyncio.get_running_loop().time() < give_up:
+                await asyncio.sleep(STALL_POLL_SECONDS)
             return await self._answer(Action.DROP)
         if reply is Action.DROP_AFTER_DOT:
             await self._answer("354 End data with <CR><LF>.<CR><LF>")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import email
 import email.policy
 import os
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,7 +24,16 @@ from notifier.attachments import (
 from notifier.dispatch.smtp.transport import data_block, data_pieces
 from notifier.domain import Address, Attachment, Content
 from notifier.message import render
-from tests.conftest import STORES, MakeSettings, notification, running_app, wait_for
+from notifier.store import SQLiteStore
+from tests.conftest import (
+    STORES,
+    MakeSettings,
+    notification,
+    post,
+    running_app,
+    wait_for,
+    wait_until_in_data,
+)
 from tests.smtp_server import DROP_AFTER_ACCEPT, OK, ScriptedHandler
 
 MESSAGE_ID = "<01a1fde9-a2eb-74e1-86b5-597eb64cdee6@example.com>"
@@ -60,6 +71,8 @@ def files_of(message: EmailMessage) -> list[tuple[str | None, str, bytes]]:
         ("evil\r\nBcc: eve@evil.example.txt", "evilBcc: eve@evil.example.txt"),
         ("  spaced.txt  ", "spaced.txt"),
         (".profile", ".profile"),
+        ("gnp\u202eexe.png", "gnpexe.png"),  # a right-to-left override would hide .exe
+        ("zero\u200bwidth.txt", "zerowidth.txt"),
     ],
 )
 def test_file_names_lose_their_folders_and_control_characters(given: str, kept: str) -> None:
@@ -179,8 +192,42 @@ def test_a_non_ascii_file_name_is_sent_in_rfc_2231_form() -> None:
     assert b"filename*=utf-8''Rechnung%20M%C3%A4rz.pdf" in part
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        "=?utf-8?b?" + b64(b"a\n.\r\nRSET\r\nMAIL FROM:<ceo@bank.example>\r\n") + "?=",
+        'quote"and\\backslash.txt',
+        "Rechnung März.pdf",
+        "\U0001f600" * 60,
+    ],
+    ids=["encoded-word", "quote", "latin", "long"],
+)
+def test_a_part_header_is_ascii_lines_that_read_back_as_the_name_given(name: str) -> None:
+    part = encoded_part(Attachment(name, "text/plain; charset=utf-8", 2), b"hi")
+    head, _, body = part.partition(b"\r\n\r\n")
+
+    assert part.isascii()
+    assert part.count(b"\n") == part.count(b"\r\n") == part.count(b"\r")
+    assert all(len(line) <= 78 for line in head.split(b"\r\n"))
+    names = [line.split(b":")[0] for line in head.split(b"\r\n") if not line.startswith(b" ")]
+    assert names == [b"Content-Type", b"Content-Transfer-Encoding", b"Content-Disposition"]
+    wrapped = (
+        b'Content-Type: multipart/mixed; boundary="B"\r\n\r\n--B\r\n' + part + b"\r\n--B--\r\n"
+    )
+    (read,) = parsed(wrapped).iter_attachments()
+    assert read.get_filename() == name
+    assert read.get_param("name") == name
+    assert read.get_payload(decode=True) == b"hi"
+    assert body == b"aGk=\r\n"
+
+
 def test_pieces_are_dot_stuffed_as_the_joined_message_would_be() -> None:
-    pieces = [b"Subject: x\r\n\r\n.leading dot\r\n", b"..two\r\nplain\r\n.\r\n", b"base64==\r\n"]
+    pieces = [
+        b"Subject: x\r\n\r\n.leading dot\r\n",
+        b"..two\r\nplain\r\n.\r\n",
+        b"base64==\r\n",
+        b"bare LF\n.then a dot\rand a bare CR\r\n",
+    ]
 
     assert b"".join(data_pieces(pieces)) == data_block(b"".join(pieces))
     with pytest.raises(ValueError, match="CRLF"):
@@ -228,6 +275,24 @@ async def test_attachments_reach_the_relay_and_the_status_document(
     body = message.get_body(("plain",))
     assert body is not None
     assert body.get_content().strip() == "Hi Ada"
+
+
+@pytestmark_stores
+async def test_a_file_name_cannot_smuggle_lines_into_the_message(
+    make_settings: MakeSettings, smtp_handler: ScriptedHandler
+) -> None:
+    smuggled = "=?utf-8?b?" + b64(b"a\n.\r\nRSET\r\nMAIL FROM:<ceo@bank.example>\r\n") + "?="
+    async with running_app(make_settings()) as client:
+        response = await client.post(
+            "/v1/notifications", json=notification(attachments=[attachment(smuggled, b"x")])
+        )
+        doc = await wait_for(client, response.json()["id"])
+
+    assert doc["status"] == "sent"
+    (received,) = smtp_handler.received
+    assert b"ceo@bank.example" not in received.data
+    assert received.data.count(b"\n") == received.data.count(b"\r\n")
+    assert files_of(received.message) == [(smuggled, "application/octet-stream", b"x")]
 
 
 @pytestmark_stores
@@ -330,3 +395,59 @@ async def test_a_base64_bomb_is_stopped_by_the_request_limit(make_settings: Make
 def test_the_request_limit_must_hold_the_attachments(make_settings: MakeSettings) -> None:
     with pytest.raises(ValueError, match=r"NOTIFIER_MAX_REQUEST_BYTES .* cannot hold"):
         make_settings(max_request_bytes=1024 * 1024)
+
+
+class CountingReads(SQLiteStore):
+    """A real store that counts reads of attachments, and may lose them (``lose``)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.reads = 0
+        self.lose = False
+
+    async def attachment_parts(self, notification_id: str) -> list[bytes]:
+        self.reads += 1
+        parts = await super().attachment_parts(notification_id)
+        return [] if self.lose else parts
+
+
+async def test_only_sends_under_way_hold_their_attachments(
+    make_settings: MakeSettings, smtp_handler: ScriptedHandler
+) -> None:
+    settings = make_settings(send_concurrency=1)
+    store = CountingReads(settings.sqlite_path)
+    smtp_handler.stall()
+    try:
+        async with running_app(settings, store=store) as client:
+            ids = [
+                await post(client, attachments=[attachment("a.bin", os.urandom(1000))])
+                for _ in range(6)
+            ]
+            await wait_until_in_data(smtp_handler, 1)
+            for notification_id in ids:  # every one claimed, waiting for the one slot
+                await wait_for(client, notification_id, lambda doc: doc["status"] == "sending")
+            for _ in range(50):
+                await asyncio.sleep(0)  # let the waiting sends run as far as they can
+            reads_while_stalled = store.reads
+            smtp_handler.release()
+            for notification_id in ids:
+                await wait_for(client, notification_id)
+    finally:
+        smtp_handler.release()
+
+    assert reads_while_stalled == 1
+    assert store.reads == 6
+
+
+async def test_attachments_the_store_lost_fail_the_notification_rather_than_send_without(
+    make_settings: MakeSettings, smtp_handler: ScriptedHandler
+) -> None:
+    settings = make_settings()
+    store = CountingReads(settings.sqlite_path)
+    store.lose = True
+    async with running_app(settings, store=store) as client:
+        doc = await wait_for(client, await post(client, attachments=[attachment("a.bin", b"x")]))
+
+    assert doc["status"] == "failed"
+    assert "1 attachments were accepted but the store holds 0" in doc["last_error"]
+    assert smtp_handler.received == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +133,38 @@ async def test_an_idempotency_key_covers_the_whole_batch(make_settings: MakeSett
     assert sorted(n["id"] for n in kept) == sorted(r["id"] for r in first.json()["items"])
 
 
+async def test_a_replay_answers_what_was_stored_even_if_an_item_would_be_refused_now(
+    make_settings: MakeSettings,
+) -> None:
+    later = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
+    batch = {"notifications": [notification(send_at=later)]}
+    key = {"Idempotency-Key": "batch-2"}
+    async with running_app(make_settings()) as client:
+        first = await client.post(BATCH, json=batch, headers=key)
+    # Restarted with a shorter horizon: the item alone would now be 422 invalid_schedule.
+    async with running_app(make_settings(max_schedule_ahead=3600)) as client:
+        again = await client.post(BATCH, json=batch, headers=key)
+        fresh = await client.post(BATCH, json=batch)
+
+    assert first.json()["items"][0]["status"] == 202
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    assert again.json() == first.json()
+    assert fresh.json()["items"][0]["error"]["code"] == "invalid_schedule"
+
+
+async def test_a_keyed_batch_of_unusual_json_is_answered_per_item(
+    make_settings: MakeSettings,
+) -> None:
+    huge = notification(metadata={"n": 2**70})  # beyond 64 bits: not storable JSON
+    async with running_app(make_settings()) as client:
+        response = await client.post(
+            BATCH, json={"notifications": [huge]}, headers={"Idempotency-Key": "odd"}
+        )
+
+    assert response.status_code == 200
+    assert response.json()["items"][0]["status"] == 422
+
+
 async def test_rate_limits_count_every_items_recipients(make_settings: MakeSettings) -> None:
     settings = make_settings(rate_limit_recipients_per_minute=10)
     three = notification(to=["a@example.com", "b@example.com"], cc=["c@example.com"])
@@ -154,7 +187,7 @@ def test_send_batch_posts_json_lines_and_prints_a_result_per_line(
     service = spawn(processes, service_env, tmp_path)
     lines = tmp_path / "batch.jsonl"
     lines.write_text(
-        json.dumps(notification(subject="one"))
+        json.dumps(notification(subject="one", text="a \u2028 line separator"), ensure_ascii=False)
         + "\n\n"
         + json.dumps(notification(to=["nobody"]))
         + "\n"
@@ -170,6 +203,11 @@ def test_send_batch_posts_json_lines_and_prints_a_result_per_line(
     for result in (results[0], results[2]):
         doc = httpx.get(f"{service.url}/v1/notifications/{result['id']}", timeout=DEADLINE_SECONDS)
         assert doc.status_code == 200
+    # The same file again (after a failure, say): replayed, nothing sent twice.
+    again = service.run_cli("send", "--batch", str(lines), "--batch-size", "2")
+    assert [json.loads(line) for line in again.stdout.splitlines()] == results
+    listed = httpx.get(f"{service.url}/v1/notifications", timeout=DEADLINE_SECONDS).json()
+    assert len(listed["items"]) == 2
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"to": ["a@example.com"]}\n{oops\n')
     refused = service.run_cli("send", "--batch", str(broken))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -422,6 +423,36 @@ async def test_connection_lost_after_354_is_a_possible_duplicate_and_the_retry_d
         ["EHLO", "MAIL", "RCPT", "DATA"],
         PLAIN_SESSION,
     ]
+    (received,) = raw.received
+    assert received.message_id == doc["message_id"]
+
+
+async def test_a_relay_that_stops_reading_a_large_message_is_a_known_failure_and_is_left(
+    make_settings: MakeSettings, raw: RawSMTPServer
+) -> None:
+    # Too large for the sockets' buffers: the sender waits for room that never comes.
+    raw.script(Session(replies={"DATA": Action.STALL_IN_BODY}))
+    payload = os.urandom(16 * 1024 * 1024)
+    settings = relayed_by(
+        make_settings,
+        raw,
+        smtp_data_timeout=0.5,
+        max_attachment_bytes=len(payload),
+        max_request_bytes=32 * 1024 * 1024,
+    )
+    attachment = {
+        "filename": "big.bin",
+        "content_type": "application/octet-stream",
+        "content": base64.b64encode(payload).decode(),
+    }
+
+    async with running_app(settings) as client:
+        doc = await wait_for(client, await post(client, attachments=[attachment]), deadline=60)
+
+    assert doc["status"] == "sent"
+    # Before the final dot the relay cannot have the message: not a possible duplicate.
+    assert attempts(doc) == [("deferred", None, False, False), SENT]
+    assert "could not be sent" in doc["attempts"][0]["message"]
     (received,) = raw.received
     assert received.message_id == doc["message_id"]
 

@@ -12,7 +12,6 @@ import time
 from functools import partial
 from typing import Annotated, Any
 
-import orjson
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -92,9 +91,36 @@ async def create_notifications(
             f"{len(body.notifications)} notifications; at most {settings.max_batch} in one "
             "batch (NOTIFIER_MAX_BATCH)",
         )
+    if key is None:
+        return await _check_and_admit(body, services, caller, None)
+    owner = owner_of(caller) or ""
+    # The standard library's JSON: the items are not checked yet, and may hold integers
+    # beyond 64 bits, which orjson refuses.
+    canonical = json.dumps(body.notifications, sort_keys=True, separators=(",", ":"))
+    digest = request_hash(f"batch {canonical}")
+    services.idempotency.claim(owner, key)
+    try:
+        # Before the items are checked again: a replay answers what was stored then,
+        # even if an item would be refused now (its expires_at passed, say).
+        existing = await services.store.find_idempotency(owner, key)
+        if existing is not None:
+            return _replay(existing, digest)
+        return await _check_and_admit(body, services, caller, (owner, key, digest))
+    finally:
+        services.idempotency.release(owner, key)
+
+
+async def _check_and_admit(
+    body: NotificationBatch,
+    services: Services,
+    caller: ApiKey | None,
+    idempotency: tuple[str, str, str] | None,
+) -> RawJSON:
+    """Check each item as a single POST is checked, charge their recipients, store the
+    valid ones (with the key, when there are any) and answer."""
     results: list[dict[str, Any]] = []
     valid: list[_Valid] = []
-    context = {SPECIAL_USE_ALLOWED: settings.allow_special_use_domains}
+    context = {SPECIAL_USE_ALLOWED: services.settings.allow_special_use_domains}
     for position, item in enumerate(body.notifications):
         try:
             single = NotificationRequest.model_validate(item, context=context)
@@ -103,27 +129,15 @@ async def create_notifications(
             errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]
             results.append({"status": 422, "error": invalid_body(errors)})
         except ApiError as exc:
-            results.append(
-                {"status": exc.status, "error": {"detail": exc.detail, "code": exc.code}}
-            )
+            error = {"detail": exc.detail, "code": exc.code}
+            results.append({"status": exc.status, "error": error})
         else:
             results.append({"status": 202})
             valid.append((position, single, sender, rendered))
-    if valid:
-        services.rate_limiter.recipients(caller, sum(v[1].recipient_count for v in valid))
-    if key is None or not valid:
-        return await _admit(valid, results, services, caller, None)
-    owner = owner_of(caller) or ""
-    services.idempotency.claim(owner, key)
-    try:
-        canonical = orjson.dumps(body.notifications, option=orjson.OPT_SORT_KEYS).decode()
-        digest = request_hash(f"batch {canonical}")
-        existing = await services.store.find_idempotency(owner, key)
-        if existing is not None:
-            return _replay(existing, digest)
-        return await _admit(valid, results, services, caller, (owner, key, digest))
-    finally:
-        services.idempotency.release(owner, key)
+    if not valid:
+        return RawJSON({"items": results}, 200)
+    services.rate_limiter.recipients(caller, sum(v[1].recipient_count for v in valid))
+    return await _admit(valid, results, services, caller, idempotency)
 
 
 router.add_api_route(
@@ -171,8 +185,6 @@ async def _admit(
     idempotency: tuple[str, str, str] | None,
 ) -> RawJSON:
     """Store the valid items in one transaction (with the key), then answer ``200``."""
-    if not valid:
-        return RawJSON({"items": results}, 200)
     await check_admitting(services)
     settings = services.settings
     now = time.time()

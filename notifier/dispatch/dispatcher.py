@@ -332,13 +332,15 @@ class Dispatcher:
         recipients = [r.address for r in open_recipients(n)]
         started_at = self._clock()
         try:
-            message: bytes | list[bytes] = _render(n)
-            if n.content.attachments:
-                parts = await self._attachment_parts(n)
-                if parts is None:
-                    return False
-                message = _attached(n, _render(n), parts)
+            rendered = _render(n)
+            message: bytes | list[bytes] = rendered
             async with self._slots:
+                if n.content.attachments:
+                    # Read in the slot: only sends under way hold their attachments.
+                    parts = await self._attachment_parts(n)
+                    if parts is None:
+                        return False
+                    message = _attached(n, rendered, parts)
                 if self._stopping:
                     return False
                 self._on_relay.add(n.id)

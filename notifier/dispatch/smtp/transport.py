@@ -230,7 +230,9 @@ class SMTPTransport:
                     await exchange.write_all(data_pieces(message), data_timeout)
                 except (aiosmtplib.SMTPException, OSError) as exc:
                     # Before the final dot: the relay cannot have taken the message.
-                    client.close()
+                    # Aborted, not closed: closing waits to flush what the relay
+                    # stopped reading, which may be forever.
+                    _discard(client)
                     report.data_error = TransientDeliveryError(
                         f"DATA: the message body could not be sent, {readable(str(exc))}"
                     )
@@ -529,9 +531,13 @@ def data_pieces(pieces: Sequence[bytes]) -> Iterator[bytes]:
     """``pieces`` as DATA sends them: :func:`data_block` without joining them first.
 
     Each piece ends in CRLF, so dots are doubled piece by piece; a piece without a line
-    starting with a dot (an attachment's base64) goes out as it is.
+    starting with a dot or a bare CR or LF (an attachment's base64) goes out as it is,
+    uncopied.
     """
     for piece in pieces:
+        crlf = piece.count(b"\r\n")
+        if piece.count(b"\n") != crlf or piece.count(b"\r") != crlf:
+            piece = _LINE_ENDS.sub(b"\r\n", piece)  # a bare CR or LF: a line end, as in DATA
         if not piece.endswith(b"\r\n"):
             raise ValueError("a message piece must end in CRLF")
         if piece.startswith(b".") or b"\r\n." in piece:
