@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -122,6 +123,24 @@ async def test_keys_survive_a_restart(make_settings: MakeSettings) -> None:
 
     assert again.json()["id"] == first.json()["id"]
     assert again.headers["idempotent-replayed"] == "true"
+
+
+async def test_a_replay_answers_what_was_stored_even_if_the_request_would_be_refused_now(
+    make_settings: MakeSettings,
+) -> None:
+    later = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
+    body = notification(send_at=later)
+    async with running_app(make_settings()) as client:
+        first = await client.post("/v1/notifications", json=body, headers=keyed("k-6"))
+    # Restarted with a shorter horizon: the request alone would now be 422.
+    async with running_app(make_settings(max_schedule_ahead=3600)) as client:
+        again = await client.post("/v1/notifications", json=body, headers=keyed("k-6"))
+        fresh = await client.post("/v1/notifications", json=body)
+
+    assert first.status_code == 202
+    assert (again.status_code, again.json()["id"]) == (202, first.json()["id"])
+    assert again.headers["idempotent-replayed"] == "true"
+    assert (fresh.status_code, fresh.json()["code"]) == (422, "invalid_schedule")
 
 
 async def test_keys_are_forgotten_after_their_window(make_settings: MakeSettings) -> None:

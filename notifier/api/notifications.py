@@ -138,17 +138,21 @@ async def create_notification(
     """
     services = services_of(request)
     key = checked_key(idempotency_key)
-    sender, rendered = checked_request(body, services, caller)
-    services.rate_limiter.recipients(caller, body.recipient_count)
     if key is None:
+        sender, rendered = checked_request(body, services, caller)
+        services.rate_limiter.recipients(caller, body.recipient_count)
         return await _admit(body, rendered, sender, services, caller, None)
     owner = owner_of(caller) or ""
     services.idempotency.claim(owner, key)
     try:
         digest = request_hash(body.model_dump_json(by_alias=True))
+        # Before the request is checked again: a replay answers what was stored then,
+        # even if the request would be refused now (its template gone, say).
         existing = await services.store.find_idempotency(owner, key)
         if existing is not None:
             return _replay(existing, digest)
+        sender, rendered = checked_request(body, services, caller)
+        services.rate_limiter.recipients(caller, body.recipient_count)
         return await _admit(body, rendered, sender, services, caller, (owner, key, digest))
     finally:
         services.idempotency.release(owner, key)
