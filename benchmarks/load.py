@@ -181,8 +181,11 @@ class Loader:
         paths_file: Path | None = None,
         rate: float | None = None,
         record_ids: Path | None = None,
+        record_sent: bool = False,
         warmup: float = 0.0,
+        body: Path | None = None,
     ) -> list[str]:
+        """The generator's command line; ``body`` is a POST body other than the benchmark's."""
         ports = [port] if isinstance(port, int) else port
         argv = [procs.PYTHON, "-m", "benchmarks.loadgen"]
         argv += [arg for p in ports for arg in ("--port", str(p))]
@@ -191,13 +194,15 @@ class Loader:
         if warmup:
             argv += ["--warmup", f"{warmup:g}"]
         if post:
-            argv += ["--post-body", str(self.body_file)]
+            argv += ["--post-body", str(body or self.body_file)]
         if paths_file is not None:
             argv += ["--paths-file", str(paths_file)]
         if rate is not None:
             argv += ["--rate", f"{rate:g}"]
         if record_ids is not None:
             argv += ["--record-ids", str(record_ids)]
+        if record_sent:
+            argv.append("--record-sent")
         return argv
 
     def python(
@@ -210,6 +215,9 @@ class Loader:
         path: str = "/v1/notifications",
         post: bool = True,
         record_ids: Path | None = None,
+        record_sent: bool = False,
+        rate: float | None = None,
+        body: Path | None = None,
         server: CpuSource | None = None,
         meters: Mapping[str, CpuSource] | None = None,
         timeout: float = 600.0,
@@ -227,6 +235,9 @@ class Loader:
             path=path,
             post=post,
             record_ids=record_ids,
+            record_sent=record_sent,
+            rate=rate,
+            body=body,
         )
         log = self.work / "loadgen.log"
         log.unlink(missing_ok=True)

@@ -3,15 +3,16 @@
     python -m benchmarks.loadgen --port P [--port P2 ...] --connections 64
         (--seconds S | --count N) [--post-body FILE] [--path /v1/notifications]
         [--paths-file FILE] [--rate PER_CONNECTION_PER_SECOND] [--warmup S]
-        [--record-ids FILE] --out FILE
+        [--record-ids FILE [--record-sent]] --out FILE
 
 With several ``--port``, the connections are dealt out over them in turn (a round-robin
 balancer in front of replicas). Each connection sends one request, reads the whole
 response (status line, ``content-length``), and sends the next: no pipelining, no HTTP
 library. With ``--rate`` each connection paces itself instead of going flat out (a
 probe, not a load). ``--record-ids`` writes ``<id>\\t<epoch seconds>`` for every
-``202``, taken when the answer arrived. It prints ``GO`` when the measured window opens
-and ``END`` when it closes; the result is one JSON object written to ``--out``.
+``202``, taken when the answer arrived (with ``--record-sent``: when the request was
+sent). It prints ``GO`` when the measured window opens and ``END`` when it closes; the
+result is one JSON object written to ``--out``.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class Shared:
         measure_from: float,
         deadline: float | None,
         record: bool,
+        record_sent: bool = False,
     ) -> None:
         self.requests = requests
         self.count = count
@@ -55,6 +57,7 @@ class Shared:
         self.statuses: Counter[int] = Counter()
         self.errors = 0
         self.records: list[tuple[str, float]] | None = [] if record else None
+        self.record_sent = record_sent
         self.first_send_wall: float | None = None
         self.last_receive_wall = 0.0
         self.last_receive = 0.0
@@ -81,7 +84,8 @@ class Shared:
         wall = time.time()
         self.last_receive_wall = wall
         if self.records is not None and status == 202 and (match := _ID.search(body)):
-            self.records.append((match.group(1).decode(), wall))
+            at = wall - (now - sent_at) if self.record_sent else wall
+            self.records.append((match.group(1).decode(), at))
 
     def closed(self) -> None:
         self.open -= 1
@@ -194,6 +198,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         measure_from=measure_from,
         deadline=deadline,
         record=args.record_ids is not None,
+        record_sent=args.record_sent,
     )
     connections: list[Connection] = []
     for i in range(args.connections):
@@ -261,6 +266,9 @@ def main() -> None:
     parser.add_argument("--paths-file", help="GET these paths (whitespace-separated), cycling")
     parser.add_argument("--rate", type=float, help="requests per second per connection")
     parser.add_argument("--record-ids", help="write `id<TAB>epoch` of each 202 here")
+    parser.add_argument(
+        "--record-sent", action="store_true", help="record when each request was sent instead"
+    )
     parser.add_argument("--timeout", type=float, help="seconds to wait for stragglers")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()

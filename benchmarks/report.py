@@ -184,7 +184,8 @@ def render(
     lines += [
         "",
         "Baselines: 0, the generator's own verdict; 1, the ceiling app; 2, the bare senders;",
-        "4, the same probes against idle notifier; 5, the empty store.",
+        "4, the same probes against idle notifier; 5, the empty store; 8, the same message",
+        "written out, and the same backlog with everything `normal`.",
     ]
     lines += ["", "## Machine", "", "| | |", "| --- | --- |"]
     lines += [f"| {key} | {_cell(value)} |" for key, value in machine]

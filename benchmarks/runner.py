@@ -3,7 +3,7 @@
 Environment:
 
 - ``BENCH_QUICK=1``: a smoke run of a minute or two (fewer, shorter rounds, smaller counts).
-- ``BENCH_ONLY=1,3``: run only these sections (keys ``0 1 2 2b 3 4 5a 5b 6 7``).
+- ``BENCH_ONLY=1,3``: run only these sections (keys ``0 1 2 2b 3 4 5a 5b 6 7 8``).
 - ``BENCH_LOADGEN=python``: use the Python generator even when wrk is installed.
 - ``BENCH_OUTPUT=path``: write the report there instead of ``benchmarks/RESULTS.md``.
 
@@ -29,6 +29,7 @@ from benchmarks import (
     cpu_profile,
     delivery,
     end_to_end,
+    features,
     large_store,
     loadgen_check,
     memory,
@@ -45,7 +46,7 @@ from benchmarks.section import Bench, Plan, Result
 HERE = Path(__file__).resolve().parent
 
 #: The sections, in the order they run.
-KEYS = ("0", "1", "2", "2b", "3", "4", "5a", "5b", "6", "7")
+KEYS = ("0", "1", "2", "2b", "3", "4", "5a", "5b", "6", "7", "8")
 
 R = TypeVar("R", bound=Result)
 
@@ -103,6 +104,7 @@ def _run_sections(s: _Sections) -> None:
     )
     s.run("6", lambda b: cpu_profile.measure(b, cpu))
     s.run("7", scale_out.measure)
+    s.run("8", features.measure)
 
 
 def main() -> int:

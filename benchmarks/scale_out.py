@@ -114,8 +114,8 @@ class ScaleOut:
 def measure(b: Bench) -> ScaleOut:
     accept = {kind: AcceptFigures() for kind in ACCEPTORS}
     delivery = {kind: DeliveryFigures() for kind in SENDERS}
-    with _postgres(b) as server:
-        postgres, databases = PostgresCpu(server), _Databases(server)
+    with postgres_server(b) as server:
+        postgres, databases = PostgresCpu(server), Databases(server)
         _measure_accept(b, databases, postgres, accept)
         _measure_delivery(b, databases, postgres, delivery)
     lines = _lines(b, accept, delivery)
@@ -123,7 +123,8 @@ def measure(b: Bench) -> ScaleOut:
 
 
 @contextmanager
-def _postgres(b: Bench) -> Iterator[pg.PostgresServer]:
+def postgres_server(b: Bench) -> Iterator[pg.PostgresServer]:
+    """A throwaway PostgreSQL server for one section (7, 8), its CPU counted as the run's."""
     server = pg.PostgresServer()
     server.start()
     b.log(f"  PostgreSQL on port {server.port}, started in {server.started_in:.1f} s")
@@ -135,8 +136,8 @@ def _postgres(b: Bench) -> Iterator[pg.PostgresServer]:
         server.stop()
 
 
-class _Databases:
-    """Fresh databases on the section's server, one per configuration and run."""
+class Databases:
+    """Fresh databases on a section's server, one per configuration and run."""
 
     def __init__(self, server: pg.PostgresServer) -> None:
         self.server = server
@@ -174,7 +175,7 @@ def _start_replicas(
 
 def _measure_accept(
     b: Bench,
-    databases: _Databases,
+    databases: Databases,
     postgres: PostgresCpu,
     figures: dict[str, AcceptFigures],
 ) -> None:
@@ -217,7 +218,7 @@ def _measure_accept(
 
 def _measure_delivery(
     b: Bench,
-    databases: _Databases,
+    databases: Databases,
     postgres: PostgresCpu,
     figures: dict[str, DeliveryFigures],
 ) -> None:
@@ -252,7 +253,7 @@ def _delivery_run(
     kind: str,
     run: str,
     sink: services.Sink,
-    databases: _Databases,
+    databases: Databases,
     postgres: PostgresCpu,
     figures: dict[str, DeliveryFigures],
     warm: int,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
@@ -43,6 +44,13 @@ class Plan:
     claim_due: int = 10_000
     claim_rounds: int = 3
     profile_seconds: float = 8.0
+    #: Section 8: calls timed per in-process round; the backlog of due low priority
+    #: notifications, and the high priority ones posted at a steady rate for a while.
+    render_loops: int = 2_000
+    priority_backlog: int = 20_000
+    priority_rounds: int = 3
+    priority_rate: float = 20.0
+    priority_seconds: float = 3.0
     #: Longest wait for the rest of the machine to calm down before a section.
     quiet_patience: float = 60.0
 
@@ -77,6 +85,10 @@ class Plan:
             claim_due=2_000,
             claim_rounds=1,
             profile_seconds=3.0,
+            render_loops=300,
+            priority_backlog=5_000,
+            priority_rounds=1,
+            priority_seconds=1.0,
             quiet_patience=10.0,
         )
 
@@ -127,6 +139,11 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return lines
+
+
+def paragraph(text: str) -> list[str]:
+    """``text`` as the report's lines of Markdown, wrapped at 88 characters."""
+    return textwrap.wrap(text, 88, break_long_words=False, break_on_hyphens=False)
 
 
 def post_round(

@@ -103,12 +103,17 @@ def _ready(proc: procs.Proc, line: str, timeout: float = 30.0) -> re.Match[str]:
 class Sink:
     """The aiosmtpd sink process and its control connection."""
 
-    def __init__(self, work: Path, delay: float = 0.0, *, pipelining: bool = False) -> None:
+    def __init__(
+        self, work: Path, delay: float = 0.0, *, pipelining: bool = False, record: bool = False
+    ) -> None:
         argv = [procs.PYTHON, "-m", "benchmarks.sink"]
         if delay:
             argv += ["--delay", f"{delay:g}"]
         if pipelining:
             argv.append("--pipelining")
+        if record:
+            argv.append("--record")
+        self.work = work
         log = work / f"sink-{time.monotonic_ns()}.log"
         self.proc = procs.Proc("SMTP sink", argv, log=log).start()
         match = _ready(self.proc, r"READY smtp=(\d+) control=(\d+)")
@@ -127,6 +132,18 @@ class Sink:
         self._control.sendall(b"count\n")
         messages, connections, open_now, held = self._lines.readline().split()
         return int(messages), int(connections), int(open_now), int(held)
+
+    def arrivals(self) -> dict[str, float]:
+        """When each message noted since the last call arrived (epoch seconds), by its
+        Message-ID without the angle brackets; the sink forgets them (``record`` only)."""
+        path = self.work / f"arrivals-{time.monotonic_ns()}.tsv"
+        self._control.sendall(f"arrivals {path}\n".encode())
+        noted = int(self._lines.readline())
+        lines = path.read_text().splitlines()
+        path.unlink()
+        found = {mid: float(at) for mid, at in (line.split("\t") for line in lines if line)}
+        assert len(lines) == noted, (len(lines), noted)
+        return found
 
     def wait_for(self, messages: int, timeout: float) -> tuple[int, float]:
         """Poll until the sink holds ``messages``; returns the count and the time it was seen."""

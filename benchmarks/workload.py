@@ -50,8 +50,9 @@ BODY: dict[str, Any] = {
 BODY_BYTES = json.dumps(BODY, separators=(",", ":")).encode()
 
 
-def request() -> NotificationRequest:
-    return NotificationRequest.model_validate(BODY)
+def request(**changes: Any) -> NotificationRequest:
+    """The benchmark notification's request, with ``changes`` to its fields."""
+    return NotificationRequest.model_validate({**BODY, **changes})
 
 
 def notification(now: float, body: NotificationRequest | None = None) -> Notification:
@@ -69,30 +70,30 @@ def rendered(n: Notification) -> bytes:
     return render(n.content, message_id=n.message_id, created_at=n.created_at)
 
 
-def seed_queued(db: Path, count: int) -> list[str]:
+def seed_queued(db: Path, count: int, *, priority: str = "normal") -> list[str]:
     """Add ``count`` queued notifications through notifier's own store; returns their ids.
 
     The "accepted" acknowledgment is marked as written, as it would be by the time a
     backlog is delivered, so the start-up catch-up does not compete with delivery.
     """
-    ids = asyncio.run(_seed_queued(SQLiteStore(db), count))
+    ids = asyncio.run(_seed_queued(SQLiteStore(db), count, priority))
     with sqlite3.connect(db) as connection:
         connection.execute("UPDATE notifications SET ack_accepted = 1 WHERE ack_accepted = 0")
     connection.close()
     return ids
 
 
-def seed_queued_postgres(url: str, count: int) -> list[str]:
+def seed_queued_postgres(url: str, count: int, *, priority: str = "normal") -> list[str]:
     """:func:`seed_queued` into the PostgreSQL database at ``url``."""
-    ids = asyncio.run(_seed_queued(PostgresStore(url), count))
+    ids = asyncio.run(_seed_queued(PostgresStore(url), count, priority))
     with psycopg.connect(url, autocommit=True) as connection:
         connection.execute("UPDATE notifications SET ack_accepted = true WHERE NOT ack_accepted")
     return ids
 
 
-async def _seed_queued(store: Store, count: int) -> list[str]:
+async def _seed_queued(store: Store, count: int, priority: str) -> list[str]:
     await store.open()
-    body = request()
+    body = request(priority=priority)
     ids: list[str] = []
     try:
         for start in range(0, count, 1000):
