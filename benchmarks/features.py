@@ -12,10 +12,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from benchmarks import priority_latency, template_cost
+from benchmarks import batch_accept, priority_latency, template_cost
 from benchmarks.section import Bench, Row, Section
 
-TITLE = "8. Senders' features: templates and priority"
+TITLE = "8. Senders' features: templates, priority and batches"
 
 
 class Part(Protocol):
@@ -31,11 +31,11 @@ class Part(Protocol):
     def rows(self) -> tuple[Row, ...]: ...
 
 
-#: The parts, in the report's order. Batch accept (``POST /v1/notifications/batch``,
-#: batches of 100 against single POSTs) is to be added here once that endpoint exists.
+#: The parts, in the report's order.
 PARTS: tuple[Callable[[Bench], Part], ...] = (
     template_cost.measure,
     priority_latency.measure,
+    batch_accept.measure,
 )
 
 

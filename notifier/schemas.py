@@ -286,10 +286,13 @@ class NotificationRequest(BaseModel):
             raise ValueError("`data` is only for a `template`")
         elif self.text is None and self.html is None:
             raise ValueError("give `text`, `html`, or both (or a `template`)")
-        for name, value in self.headers.items():
-            if len(value) > MAX_HEADER_VALUE:
-                raise ValueError(f"header {name!r} is longer than {MAX_HEADER_VALUE} characters")
-        self.headers = checked_headers(self.headers)
+        if self.headers:
+            for name, value in self.headers.items():
+                if len(value) > MAX_HEADER_VALUE:
+                    raise ValueError(
+                        f"header {name!r} is longer than {MAX_HEADER_VALUE} characters"
+                    )
+            self.headers = checked_headers(self.headers)
         _check_metadata(self.metadata)
         return self
 
@@ -411,6 +414,8 @@ def _check_metadata(metadata: dict[str, Any]) -> None:
     Checked with orjson, which the store writes it with: it refuses lone surrogates and
     integers beyond 64 bits, and would write NaN and infinity as ``null``.
     """
+    if not metadata:
+        return
     try:
         orjson.dumps(metadata)
     except orjson.JSONEncodeError as exc:

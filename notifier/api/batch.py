@@ -44,8 +44,10 @@ class NotificationBatch(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    #: Each item valid as a single POST body is validated here, in one pass over the
+    #: JSON; any other is kept as it came, and validated again alone for its errors.
     notifications: Annotated[
-        list[Any],
+        list[Annotated[NotificationRequest | Any, Field(union_mode="left_to_right")]],
         Field(
             min_length=1,
             description="At most `NOTIFIER_MAX_BATCH` notifications, each checked on its own.",
@@ -94,10 +96,7 @@ async def create_notifications(
     if key is None:
         return await _check_and_admit(body, services, caller, None)
     owner = owner_of(caller) or ""
-    # The standard library's JSON: the items are not checked yet, and may hold integers
-    # beyond 64 bits, which orjson refuses.
-    canonical = json.dumps(body.notifications, sort_keys=True, separators=(",", ":"))
-    digest = request_hash(f"batch {canonical}")
+    digest = request_hash("batch " + "\n".join(map(_canonical, body.notifications)))
     services.idempotency.claim(owner, key)
     try:
         # Before the items are checked again: a replay answers what was stored then,
@@ -123,7 +122,10 @@ async def _check_and_admit(
     context = {SPECIAL_USE_ALLOWED: services.settings.allow_special_use_domains}
     for position, item in enumerate(body.notifications):
         try:
-            single = NotificationRequest.model_validate(item, context=context)
+            if isinstance(item, NotificationRequest):
+                single = item
+            else:  # invalid: validated alone, for the errors a single POST would get
+                single = NotificationRequest.model_validate(item, context=context)
             sender, rendered = checked_request(single, services, caller)
         except ValidationError as exc:
             errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]
@@ -221,6 +223,15 @@ async def _accepted(services: Services, notifications: list[Notification]) -> No
     """After the answer: acknowledge each, and wake the dispatcher."""
     for n in notifications:
         await services.on_accepted(n)
+
+
+def _canonical(item: NotificationRequest | Any) -> str:
+    """One item as the key's hash sees it: what a single POST hashes for a valid one; an
+    invalid one as it came, in the standard library's JSON (it may hold integers beyond
+    64 bits, which orjson refuses)."""
+    if isinstance(item, NotificationRequest):
+        return item.model_dump_json(by_alias=True)
+    return json.dumps(item, sort_keys=True, separators=(",", ":"))
 
 
 def _replay(record: IdempotencyRecord, digest: str) -> RawJSON:

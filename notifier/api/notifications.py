@@ -491,6 +491,8 @@ def _sender(
     """
     address = Address(settings.sender) if requested is None else to_address(requested)
     per_key = caller.may_send_as(address.address) if caller else None
+    if per_key is None and address.address == settings.sender:
+        return address  # the default sender, which no key rule narrows
     allowed = (
         per_key
         if per_key is not None

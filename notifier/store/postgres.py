@@ -422,7 +422,8 @@ class PostgresStore:
     async def add_many(
         self, notifications: Sequence[Notification], idempotency: IdempotencyRecord | None = None
     ) -> IdempotencyRecord | None:
-        payload = dump([{c: to_row(n)[c] for c in INSERT_COLUMNS} for n in notifications])
+        rows = [to_row(n) for n in notifications]
+        payload = dump([{c: row[c] for c in INSERT_COLUMNS} for row in rows])
 
         async def insert(c: psycopg.AsyncConnection[dict[str, Any]]) -> IdempotencyRecord | None:
             if idempotency is not None:

@@ -290,12 +290,12 @@ class SQLiteStore:
     async def add_many(
         self, notifications: Sequence[Notification], idempotency: IdempotencyRecord | None = None
     ) -> IdempotencyRecord | None:
-        payload = dump([[to_row(n)[c] for c in INSERT_COLUMNS] for n in notifications])
+        rows = [to_row(n) for n in notifications]
 
         def insert(c: sqlite3.Connection) -> IdempotencyRecord | None:
             if idempotency is not None and c.execute(INSERT_KEY, asdict(idempotency)).rowcount == 0:
                 return _find_key(c, idempotency.owner, idempotency.key)
-            c.execute(BULK_INSERT, (payload,))
+            c.executemany(INSERT, rows)
             for n in notifications:
                 _insert_parts(c, n)
             return None
