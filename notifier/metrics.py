@@ -82,8 +82,8 @@ class Metrics:
         )
         self._http_children: dict[tuple[str, int], Counter] = {}
 
-    def accepted_one(self, priority: Priority) -> None:
-        self._accepted_by[priority].inc()
+    def accepted_one(self, priority: Priority, count: int = 1) -> None:
+        self._accepted_by[priority].inc(count)
 
     def attempted(self, attempt: Attempt) -> None:
         self.attempts.labels(attempt.outcome, code_class(attempt.smtp_code)).inc()

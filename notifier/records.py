@@ -14,9 +14,6 @@ from typing import Any, overload
 
 from notifier.domain import Address, Attachment, Attempt, Content, Recipient
 
-#: What an acknowledgment line says of each recipient: who, and how it ended.
-ACK_RECIPIENT_FIELDS = ("address", "kind", "status")
-
 
 @overload
 def iso(timestamp: float) -> str: ...

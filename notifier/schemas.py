@@ -298,6 +298,8 @@ class NotificationRequest(BaseModel):
 
     def recipients(self) -> list[Recipient]:
         """The envelope: each address once, in to, cc, bcc order."""
+        if len(self.to) == 1 and not self.cc and not self.bcc:  # the usual notification
+            return [Recipient(address=_bare(self.to[0]), kind=RecipientKind.TO)]
         seen: set[str] = set()
         result: list[Recipient] = []
         for kind, group in (
@@ -306,7 +308,7 @@ class NotificationRequest(BaseModel):
             (RecipientKind.BCC, self.bcc),
         ):
             for item in group:
-                address = to_address(item).address
+                address = _bare(item)
                 if address.lower() not in seen:
                     seen.add(address.lower())
                     result.append(Recipient(address=address, kind=kind))
@@ -343,9 +345,14 @@ class NotificationRequest(BaseModel):
             priority=self.priority,
             send_at=send_at,
             attachment_parts=tuple(
-                encoded_part(a.described(), a.content) for a in self.attachments
-            ),
+                [encoded_part(a.described(), a.content) for a in self.attachments]
+            )
+            if self.attachments
+            else (),
         )
+
+    def _attachment_parts(self) -> tuple[bytes, ...]:
+        return tuple([encoded_part(a.described(), a.content) for a in self.attachments])
 
     @property
     def recipient_count(self) -> int:
@@ -376,15 +383,17 @@ class NotificationRequest(BaseModel):
     def content(self, sender: Address, rendered: Rendered | None = None) -> Content:
         return Content(
             sender=sender,
-            to=tuple(to_address(a) for a in self.to),
-            cc=tuple(to_address(a) for a in self.cc),
-            reply_to=tuple(to_address(a) for a in self.reply_to),
+            to=_addresses(self.to),
+            cc=_addresses(self.cc),
+            reply_to=_addresses(self.reply_to),
             subject=self.subject if rendered is None else rendered.subject,
             text=self.text if rendered is None else rendered.text,
             html=self.html if rendered is None else rendered.html,
             headers=dict(self.headers),
             template=None if rendered is None else rendered.template,
-            attachments=tuple(a.described() for a in self.attachments),
+            attachments=tuple([a.described() for a in self.attachments])
+            if self.attachments
+            else (),
         )
 
 
@@ -417,12 +426,13 @@ def _check_metadata(metadata: dict[str, Any]) -> None:
     if not metadata:
         return
     try:
-        orjson.dumps(metadata)
+        written = orjson.dumps(metadata)
     except orjson.JSONEncodeError as exc:
         if "surrogates" in str(exc):
             raise ValueError("metadata holds a string that is not valid Unicode") from None
         raise ValueError(f"metadata must be plain JSON: {exc}") from None
-    if _non_finite(metadata):
+    # orjson writes NaN and infinity as null: only then is there anything to look for.
+    if b"null" in written and _non_finite(metadata):
         raise ValueError("metadata must be plain JSON: NaN and infinity are not JSON numbers")
 
 
@@ -434,6 +444,14 @@ def _non_finite(value: Any) -> bool:
     if isinstance(value, list):
         return any(_non_finite(v) for v in value)
     return False
+
+
+def _bare(item: str | NamedAddress) -> str:
+    return item.address if isinstance(item, NamedAddress) else item
+
+
+def _addresses(items: list[str | NamedAddress]) -> tuple[Address, ...]:
+    return tuple([to_address(item) for item in items]) if items else ()
 
 
 def to_address(item: str | NamedAddress) -> Address:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from functools import partial
 from typing import Annotated, Any
 
@@ -213,9 +214,10 @@ async def _admit(
     taken = await services.store.add_many(notifications, record)
     if taken is not None:
         return _replay(taken, record.request_hash if record else "")
-    for n in notifications:
+    for priority, count in Counter(n.priority for n in notifications).items():
+        services.metrics.accepted_one(priority, count)
+    for _ in notifications:
         services.backpressure.accepted()
-        services.metrics.accepted_one(n.priority)
     return RawJSON(answer, 200, {}, partial(_accepted, services, notifications))
 
 

@@ -23,7 +23,7 @@ from notifier.dispatch.backoff import exponential, retried
 from notifier.domain import Notification
 from notifier.errors import StoreError
 from notifier.logs import report_crash
-from notifier.records import ACK_RECIPIENT_FIELDS, iso, recipient_record
+from notifier.records import iso
 from notifier.store import Store
 
 log = logging.getLogger(__name__)
@@ -38,13 +38,16 @@ SWEEP_GRACE = 60.0
 
 def ack_line(notification: Notification, event: str, at: str) -> dict[str, Any]:
     """The record of ``event`` at ISO time ``at``: ids, addresses and outcomes, never the body."""
-    recipients = [recipient_record(r) for r in notification.recipients]
     return {
         "id": notification.id,
         "event": event,
         "at": at,
         "message_id": notification.message_id,
-        "recipients": [{k: r[k] for k in ACK_RECIPIENT_FIELDS} for r in recipients],
+        # The enums as they are: orjson writes their values.
+        "recipients": [
+            {"address": r.address, "kind": r.kind, "status": r.status}
+            for r in notification.recipients
+        ],
         "metadata": notification.metadata,
     }
 
