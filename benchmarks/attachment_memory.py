@@ -24,6 +24,7 @@ import tempfile
 import time
 import tracemalloc
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -39,22 +40,51 @@ MIB = 1024 * 1024
 SINK_START_SECONDS = 10.0
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mib", type=int, default=10)
-    parser.add_argument("--attempts", type=int, default=3)
-    args = parser.parse_args()
+@dataclass(frozen=True)
+class MemoryFigures:
+    """Peaks above what was held before, in bytes, for an attachment of ``size`` bytes."""
+
+    size: int
+    attempts: int
+    accept: float
+    #: Per attempt: written in pieces as the connection takes them, and joined at once.
+    in_pieces: tuple[float, ...]
+    joined: tuple[float, ...]
+    #: Held once the attempts in pieces were over.
+    left: float
+
+    def times(self, peak: float) -> float:
+        return peak / self.size
+
+
+def measure_memory(mib: int = 10, attempts: int = 3) -> MemoryFigures:
+    """Start a sink, measure, stop the sink."""
     sink = subprocess.Popen(
         [sys.executable, "-m", "benchmarks.sink", "--pipelining"],
         stdout=subprocess.PIPE,
         text=True,
     )
     try:
-        port = _sink_port(sink)
-        asyncio.run(_measure(args.mib, min(args.attempts, 10), port))
+        return asyncio.run(_measure(mib, min(attempts, 10), _sink_port(sink)))
     finally:
         sink.terminate()
         sink.wait(timeout=10)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mib", type=int, default=10)
+    parser.add_argument("--attempts", type=int, default=3)
+    args = parser.parse_args()
+    f = measure_memory(args.mib, args.attempts)
+    print(f"attachment: {args.mib} MiB ({f.size:,} bytes), {f.attempts} attempts each")
+    steps = [("accept (parse, check, encode): peak", f.accept)]
+    steps += [("send, baseline, joined: peak per attempt", max(f.joined))]
+    steps += [("send, notifier, in pieces: peak per attempt", max(f.in_pieces))]
+    for name, peak in steps:
+        print(f"{name} {peak / MIB:.1f} MiB = {f.times(peak):.2f}x")
+    print(f"in pieces / joined: {max(f.in_pieces) / max(f.joined):.3f}")
+    print(f"held after the attempts in pieces: {f.left / MIB:.1f} MiB")
     return 0
 
 
@@ -76,7 +106,7 @@ async def _peak(step: Callable[[], Awaitable[object]]) -> tuple[float, object]:
     return tracemalloc.get_traced_memory()[1] - held, result
 
 
-async def _measure(mib: int, attempts: int, port: int) -> None:
+async def _measure(mib: int, attempts: int, port: int) -> MemoryFigures:
     size = mib * MIB
     request = orjson.dumps(
         {
@@ -144,13 +174,7 @@ async def _measure(mib: int, attempts: int, port: int) -> None:
             await store.close()
             await transport.close()
     tracemalloc.stop()
-    print(f"attachment: {mib} MiB ({size:,} bytes), {attempts} attempts each")
-    print(f"accept (parse, check, encode): peak {accepted / MIB:.1f} MiB = {accepted / size:.2f}x")
-    for name, peaks in (("baseline, joined", baseline), ("notifier, in pieces", chunked)):
-        worst = max(peaks)
-        print(f"send, {name}: peak per attempt {worst / MIB:.1f} MiB = {worst / size:.2f}x")
-    print(f"in pieces / joined: {max(chunked) / max(baseline):.3f}")
-    print(f"held after the attempts in pieces: {left / MIB:.1f} MiB")
+    return MemoryFigures(size, attempts, accepted, tuple(chunked), tuple(baseline), left)
 
 
 if __name__ == "__main__":

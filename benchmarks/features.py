@@ -12,10 +12,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from benchmarks import batch_accept, priority_latency, template_cost
+from benchmarks import attachment_cost, batch_accept, priority_latency, template_cost
 from benchmarks.section import Bench, Row, Section
 
-TITLE = "8. Senders' features: templates, priority and batches"
+TITLE = "8. Senders' features: templates, priority, batches and attachments"
 
 
 class Part(Protocol):
@@ -36,6 +36,7 @@ PARTS: tuple[Callable[[Bench], Part], ...] = (
     template_cost.measure,
     priority_latency.measure,
     batch_accept.measure,
+    attachment_cost.measure,
 )
 
 
