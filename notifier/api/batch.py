@@ -17,7 +17,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from notifier.api.auth import CallerDep, owner_of
-from notifier.api.idempotency import checked_key, request_hash
+from notifier.api.idempotency import checked_key, once_per_key, request_hash
 from notifier.api.notifications import (
     COMMON_ERRORS,
     AcceptRoute,
@@ -96,18 +96,14 @@ async def create_notifications(
         )
     if key is None:
         return await _check_and_admit(body, services, caller, None)
-    owner = owner_of(caller) or ""
     digest = request_hash("batch " + "\n".join(map(_canonical, body.notifications)))
-    services.idempotency.claim(owner, key)
-    try:
-        # Before the items are checked again: a replay answers what was stored then,
-        # even if an item would be refused now (its expires_at passed, say).
-        existing = await services.store.find_idempotency(owner, key)
-        if existing is not None:
-            return _replay(existing, digest)
-        return await _check_and_admit(body, services, caller, (owner, key, digest))
-    finally:
-        services.idempotency.release(owner, key)
+    return await once_per_key(
+        services.idempotency,
+        services.store,
+        (owner_of(caller) or "", key, digest),
+        _replay,
+        lambda keyed: _check_and_admit(body, services, caller, keyed),
+    )
 
 
 async def _check_and_admit(

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Awaitable, Callable
 
 from notifier.api.problem import ApiError
+from notifier.api.responses import RawJSON
+from notifier.domain import IdempotencyRecord
+from notifier.store import Store
 
 HEADER = "Idempotency-Key"
 _VALID_KEY = re.compile(r"[\x20-\x7e]{1,255}")
@@ -49,3 +53,25 @@ class IdempotencyGuard:
 
     def release(self, owner: str, key: str) -> None:
         self._in_progress.discard((owner, key))
+
+
+async def once_per_key(
+    guard: IdempotencyGuard,
+    store: Store,
+    key: tuple[str, str, str],
+    replay: Callable[[IdempotencyRecord, str], RawJSON],
+    admit: Callable[[tuple[str, str, str]], Awaitable[RawJSON]],
+) -> RawJSON:
+    """The answer to a request with ``key`` (owner, key, request hash): the original
+    one again if the key was used, else ``admit``'s, which stores the key with what it
+    stores. The key is looked up before the request is checked again, so a replay
+    answers what was stored then even if the request would be refused now."""
+    owner, name, digest = key
+    guard.claim(owner, name)
+    try:
+        existing = await store.find_idempotency(owner, name)
+        if existing is not None:
+            return replay(existing, digest)
+        return await admit(key)
+    finally:
+        guard.release(owner, name)

@@ -16,7 +16,7 @@ from starlette.types import Receive, Scope, Send
 from notifier.api.auth import CallerDep, authenticate_and_charge, owner_of
 from notifier.api.body import parse_json, read_body, require_json
 from notifier.api.idempotency import HEADER as IDEMPOTENCY_HEADER
-from notifier.api.idempotency import checked_key, request_hash
+from notifier.api.idempotency import checked_key, once_per_key, request_hash
 from notifier.api.openapi import (
     IDEMPOTENT_REPLAYED,
     LOCATION,
@@ -138,24 +138,22 @@ async def create_notification(
     """
     services = services_of(request)
     key = checked_key(idempotency_key)
+
+    async def checked_and_admitted(keyed: tuple[str, str, str] | None) -> RawJSON:
+        sender, rendered = checked_request(body, services, caller)
+        services.rate_limiter.recipients(caller, body.recipient_count)
+        return await _admit(body, rendered, sender, services, caller, keyed)
+
     if key is None:
-        sender, rendered = checked_request(body, services, caller)
-        services.rate_limiter.recipients(caller, body.recipient_count)
-        return await _admit(body, rendered, sender, services, caller, None)
-    owner = owner_of(caller) or ""
-    services.idempotency.claim(owner, key)
-    try:
-        digest = request_hash(body.model_dump_json(by_alias=True))
-        # Before the request is checked again: a replay answers what was stored then,
-        # even if the request would be refused now (its template gone, say).
-        existing = await services.store.find_idempotency(owner, key)
-        if existing is not None:
-            return _replay(existing, digest)
-        sender, rendered = checked_request(body, services, caller)
-        services.rate_limiter.recipients(caller, body.recipient_count)
-        return await _admit(body, rendered, sender, services, caller, (owner, key, digest))
-    finally:
-        services.idempotency.release(owner, key)
+        return await checked_and_admitted(None)
+    digest = request_hash(body.model_dump_json(by_alias=True))
+    return await once_per_key(
+        services.idempotency,
+        services.store,
+        (owner_of(caller) or "", key, digest),
+        _replay,
+        checked_and_admitted,
+    )
 
 
 router.add_api_route(
