@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from notifier.headers import checked_headers
-from tests.conftest import MakeSettings, notification, running_app, wait_for
+from tests.conftest import STORES, MakeSettings, notification, running_app, wait_for
 from tests.smtp_server import ScriptedHandler
 
 GOOD = {
@@ -63,6 +63,7 @@ def test_one_click_needs_an_https_unsubscribe_and_no_header_comes_twice() -> Non
         checked_headers({"List-Id": "<a.b>", "list-id": "<c.d>"})
 
 
+@pytest.mark.parametrize("database_url", STORES, indirect=True)
 async def test_the_standard_headers_reach_the_relay_and_bad_ones_are_a_422(
     make_settings: MakeSettings, smtp_handler: ScriptedHandler
 ) -> None:

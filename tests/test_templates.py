@@ -15,6 +15,7 @@ from notifier.errors import ConfigError
 from notifier.templates import TemplateError, TemplateLibrary
 from tests.conftest import (
     DEADLINE_SECONDS,
+    STORES,
     MakeSettings,
     notification,
     running_app,
@@ -171,6 +172,9 @@ def test_the_shipped_example_renders_with_the_readmes_data() -> None:
 
 # Through the API
 
+#: What a notification from a template is, stored and sent, the same on both stores.
+ON_BOTH_STORES = pytest.mark.parametrize("database_url", STORES, indirect=True)
+
 
 @pytest.fixture
 def templates_dir(tmp_path: Path) -> Path:
@@ -179,6 +183,7 @@ def templates_dir(tmp_path: Path) -> Path:
     return directory
 
 
+@ON_BOTH_STORES
 async def test_a_notification_from_a_template_sends_what_it_rendered(
     make_settings: MakeSettings, smtp_handler: ScriptedHandler, templates_dir: Path
 ) -> None:
@@ -201,6 +206,7 @@ async def test_a_notification_from_a_template_sends_what_it_rendered(
     assert html.get_content().splitlines() == ["<p>Hi Ada</p>"]
 
 
+@ON_BOTH_STORES
 async def test_every_retry_sends_the_bytes_accepted_even_after_the_template_changed(
     make_settings: MakeSettings, smtp_handler: ScriptedHandler, templates_dir: Path
 ) -> None:
@@ -280,6 +286,7 @@ async def test_a_template_name_is_a_name_not_a_path(
     assert listed.json()["items"] == []
 
 
+@ON_BOTH_STORES
 async def test_a_keyed_templated_request_replays_the_original(
     make_settings: MakeSettings, templates_dir: Path
 ) -> None:
