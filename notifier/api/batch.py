@@ -19,13 +19,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from notifier.api.auth import CallerDep, owner_of
 from notifier.api.idempotency import checked_key, once_per_key, request_hash
 from notifier.api.notifications import (
+    ACCEPT_ERRORS,
     COMMON_ERRORS,
     AcceptRoute,
     IdempotencyKey,
     check_admitting,
     checked_request,
 )
-from notifier.api.openapi import IDEMPOTENT_REPLAYED, RATE_LIMIT, RETRY_AFTER, documented
+from notifier.api.openapi import IDEMPOTENT_REPLAYED, RATE_LIMIT, documented
 from notifier.api.problem import ApiError, invalid_body
 from notifier.api.responses import RawJSON
 from notifier.api.services import Services, services_of
@@ -157,20 +158,11 @@ router.add_api_route(
             IDEMPOTENT_REPLAYED,
             model=None,
         ),
-        400: documented("Unparsable JSON or malformed `Idempotency-Key`.", RATE_LIMIT),
-        409: documented("Same key, first request still in progress.", RATE_LIMIT, RETRY_AFTER),
-        413: documented("The request body is too large."),
-        415: documented("The body is not `application/json`."),
+        **ACCEPT_ERRORS,
         422: documented(
             "The batch itself is invalid (not a list, empty, over `NOTIFIER_MAX_BATCH`, or "
             "the key reused with another batch); nothing was stored.",
             RATE_LIMIT,
-        ),
-        503: documented(
-            "Shutting down, too many undelivered notifications, or the store cannot take "
-            "writes; nothing was stored. Retry after `Retry-After` seconds.",
-            RATE_LIMIT,
-            RETRY_AFTER,
         ),
     },
 )

@@ -79,6 +79,19 @@ COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
         RETRY_AFTER,
     ),
 }
+#: What else a route that accepts notifications can answer: its body, its key, its store.
+ACCEPT_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: documented("Unparsable JSON or malformed `Idempotency-Key`.", RATE_LIMIT),
+    409: documented("Same key, first request still in progress.", RATE_LIMIT, RETRY_AFTER),
+    413: documented("The request body is too large."),
+    415: documented("The body is not `application/json`."),
+    503: documented(
+        "Shutting down, too many undelivered notifications, or the store cannot take "
+        "writes; nothing was stored. Retry after `Retry-After` seconds.",
+        RATE_LIMIT,
+        RETRY_AFTER,
+    ),
+}
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: documented("No such notification.", RATE_LIMIT)}
 RETRY_AFTER_BUSY = "5"
 IdempotencyKey = Annotated[
@@ -175,17 +188,8 @@ router.add_api_route(
             IDEMPOTENT_REPLAYED,
             model=None,
         ),
-        400: documented("Unparsable JSON or malformed `Idempotency-Key`.", RATE_LIMIT),
+        **ACCEPT_ERRORS,
         403: documented("`from` is not an allowed sender.", RATE_LIMIT),
-        409: documented("Same key, first request still in progress.", RATE_LIMIT, RETRY_AFTER),
-        413: documented("The request body is too large."),
-        415: documented("The body is not `application/json`."),
-        503: documented(
-            "Shutting down, too many undelivered notifications, or the store cannot take "
-            "writes; nothing was stored. Retry after `Retry-After` seconds.",
-            RATE_LIMIT,
-            RETRY_AFTER,
-        ),
     },
 )
 
