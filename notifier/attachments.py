@@ -30,9 +30,6 @@ _MEDIA_TYPE = re.compile(
 )
 #: Types that are structures of parts themselves: not sent as one base64 part.
 _COMPOSITE = frozenset({"multipart", "message"})
-#: What no file name keeps: C0 and C1 controls, DEL, line and paragraph separators,
-#: lone surrogates.
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 _WHITESPACE = re.compile(r"\s+")
 #: Unicode categories no file name keeps: controls, formatting (bidirectional
 #: overrides, zero-width characters), separators of lines and paragraphs, surrogates.
@@ -59,7 +56,7 @@ def sanitised_filename(name: str) -> str:
     Raises ``ValueError`` when nothing usable is left.
     """
     base = name.replace("\\", "/").rsplit("/", 1)[-1]
-    base = "".join(c for c in _UNSAFE.sub("", base) if unicodedata.category(c) not in _INVISIBLE)
+    base = "".join(c for c in base if unicodedata.category(c) not in _INVISIBLE)
     base = base.strip()
     if base in ("", ".", ".."):
         raise ValueError(f"{name!r} has no file name once folders and controls are removed")

@@ -345,14 +345,9 @@ class NotificationRequest(BaseModel):
             priority=self.priority,
             send_at=send_at,
             attachment_parts=tuple(
-                [encoded_part(a.described(), a.content) for a in self.attachments]
-            )
-            if self.attachments
-            else (),
+                encoded_part(a.described(), a.content) for a in self.attachments
+            ),
         )
-
-    def _attachment_parts(self) -> tuple[bytes, ...]:
-        return tuple([encoded_part(a.described(), a.content) for a in self.attachments])
 
     @property
     def recipient_count(self) -> int:
@@ -391,9 +386,7 @@ class NotificationRequest(BaseModel):
             html=self.html if rendered is None else rendered.html,
             headers=dict(self.headers),
             template=None if rendered is None else rendered.template,
-            attachments=tuple([a.described() for a in self.attachments])
-            if self.attachments
-            else (),
+            attachments=tuple(a.described() for a in self.attachments),
         )
 
 

@@ -25,6 +25,7 @@ from notifier.api.notifications import (
     IdempotencyKey,
     check_admitting,
     checked_request,
+    key_record,
 )
 from notifier.api.openapi import IDEMPOTENT_REPLAYED, RATE_LIMIT, documented
 from notifier.api.problem import ApiError, invalid_body
@@ -188,17 +189,8 @@ async def _admit(
         notifications.append(n)
         results[position]["id"] = n.id
     answer = {"items": results}
-    record = None
-    if idempotency is not None:
-        key_owner, key, digest = idempotency
-        record = IdempotencyRecord(
-            owner=key_owner,
-            key=key,
-            request_hash=digest,
-            notification_id=notifications[0].id,
-            response=json.dumps(answer),
-            expires_at=now + settings.idempotency_window,
-        )
+    expires_at = now + settings.idempotency_window
+    record = key_record(idempotency, notifications[0].id, answer, expires_at)
     taken = await services.store.add_many(notifications, record)
     if taken is not None:
         return _replay(taken, record.request_hash if record else "")

@@ -269,17 +269,7 @@ async def _admit(
     notification_id = notification.id
     location = f"{router.prefix}/{notification_id}"
     answer = accepted_body(notification, location)
-    record = None
-    if idempotency is not None:
-        owner, key, digest = idempotency
-        record = IdempotencyRecord(
-            owner=owner,
-            key=key,
-            request_hash=digest,
-            notification_id=notification_id,
-            response=json.dumps(answer),
-            expires_at=now + settings.idempotency_window,
-        )
+    record = key_record(idempotency, notification_id, answer, now + settings.idempotency_window)
     taken = await services.store.add(notification, record)
     if taken is not None:
         return _replay(taken, record.request_hash if record else "")
@@ -288,6 +278,27 @@ async def _admit(
     # After the answer is sent: queue the acknowledgment, wake the dispatcher.
     after = partial(services.on_accepted, notification)
     return RawJSON(answer, 202, {"Location": location}, after)
+
+
+def key_record(
+    idempotency: tuple[str, str, str] | None,
+    notification_id: str,
+    answer: dict[str, Any],
+    expires_at: float,
+) -> IdempotencyRecord | None:
+    """What the store keeps of a request's ``Idempotency-Key`` (owner, key, request hash),
+    if it had one: the answer, to give again."""
+    if idempotency is None:
+        return None
+    owner, key, digest = idempotency
+    return IdempotencyRecord(
+        owner=owner,
+        key=key,
+        request_hash=digest,
+        notification_id=notification_id,
+        response=json.dumps(answer),
+        expires_at=expires_at,
+    )
 
 
 async def check_admitting(services: Services) -> None:

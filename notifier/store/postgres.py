@@ -162,15 +162,6 @@ WITH inserted AS (
 SELECT count(*) AS inserted, pg_notify('{CHANNEL}', '') FROM inserted
 """  # noqa: S608 - the column names are constants
 
-INSERT = f"""
-INSERT INTO notifications ({_COLUMNS})
-VALUES ({
-    ", ".join(
-        f"COALESCE(%(send_at)s::double precision, {NOW})" if c == "visible_at" else f"%({c})s"
-        for c in INSERT_COLUMNS
-    )
-})
-"""  # noqa: S608 - the column names are constants
 
 #: ``%b``: the part goes to the server as binary, not as twice as long hex text.
 INSERT_PART = "INSERT INTO attachments (notification_id, position, part) VALUES (%s, %s, %b)"
@@ -400,24 +391,10 @@ class PostgresStore:
     async def add(
         self, notification: Notification, idempotency: IdempotencyRecord | None = None
     ) -> IdempotencyRecord | None:
-        row = to_row(notification)
         if idempotency is None and not notification.attachment_parts:
-            await self._inserts.add(row)
+            await self._inserts.add(to_row(notification))
             return None
-
-        async def insert(c: psycopg.AsyncConnection[dict[str, Any]]) -> IdempotencyRecord | None:
-            if idempotency is not None:
-                # A concurrent insert of the same key (another replica's) waits here for
-                # that transaction, then finds the key taken: the unique key decides.
-                taken = (await c.execute(INSERT_KEY, asdict(idempotency))).rowcount == 0
-                if taken:
-                    return await _find_key(c, idempotency.owner, idempotency.key)
-            await c.execute(INSERT, row)
-            await _insert_parts(c, notification)
-            await c.execute(NOTIFY)
-            return None
-
-        return await self._write(insert, atomic=True)
+        return await self.add_many([notification], idempotency)
 
     async def add_many(
         self, notifications: Sequence[Notification], idempotency: IdempotencyRecord | None = None
@@ -427,6 +404,8 @@ class PostgresStore:
 
         async def insert(c: psycopg.AsyncConnection[dict[str, Any]]) -> IdempotencyRecord | None:
             if idempotency is not None:
+                # A concurrent insert of the same key (another replica's) waits here for
+                # that transaction, then finds the key taken: the unique key decides.
                 taken = (await c.execute(INSERT_KEY, asdict(idempotency))).rowcount == 0
                 if taken:
                     return await _find_key(c, idempotency.owner, idempotency.key)

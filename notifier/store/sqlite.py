@@ -271,21 +271,15 @@ class SQLiteStore:
     async def add(
         self, notification: Notification, idempotency: IdempotencyRecord | None = None
     ) -> IdempotencyRecord | None:
+        if idempotency is not None or notification.attachment_parts:
+            return await self.add_many([notification], idempotency)
         row = to_row(notification)
 
-        def insert(c: sqlite3.Connection) -> IdempotencyRecord | None:
-            taken = (
-                idempotency is not None and c.execute(INSERT_KEY, asdict(idempotency)).rowcount == 0
-            )
-            if idempotency is not None and taken:
-                return _find_key(c, idempotency.owner, idempotency.key)
+        def insert(c: sqlite3.Connection) -> None:
             c.execute(INSERT, row)
-            _insert_parts(c, notification)
-            return None
 
-        if idempotency is None and not notification.attachment_parts:
-            return await self._write(insert, tuple(row[column] for column in INSERT_COLUMNS))
-        return await self._write(insert)
+        await self._write(insert, tuple(row[column] for column in INSERT_COLUMNS))
+        return None
 
     async def add_many(
         self, notifications: Sequence[Notification], idempotency: IdempotencyRecord | None = None

@@ -527,6 +527,15 @@ def smtp_path(address: str) -> str:
     return quote_address(address)
 
 
+def _crlf_lines(data: bytes) -> bytes:
+    """``data`` with a bare CR or LF made a CRLF line end, as DATA takes it; the same
+    object when every line already ends in CRLF (counted, not copied)."""
+    crlf = data.count(b"\r\n")
+    if data.count(b"\n") != crlf or data.count(b"\r") != crlf:
+        return _LINE_ENDS.sub(b"\r\n", data)
+    return data
+
+
 def data_pieces(pieces: Sequence[bytes]) -> Iterator[bytes]:
     """``pieces`` as DATA sends them: :func:`data_block` without joining them first.
 
@@ -535,9 +544,7 @@ def data_pieces(pieces: Sequence[bytes]) -> Iterator[bytes]:
     uncopied.
     """
     for piece in pieces:
-        crlf = piece.count(b"\r\n")
-        if piece.count(b"\n") != crlf or piece.count(b"\r") != crlf:
-            piece = _LINE_ENDS.sub(b"\r\n", piece)  # a bare CR or LF: a line end, as in DATA
+        piece = _crlf_lines(piece)
         if not piece.endswith(b"\r\n"):
             raise ValueError("a message piece must end in CRLF")
         if piece.startswith(b".") or b"\r\n." in piece:
@@ -552,9 +559,7 @@ def data_block(message: bytes) -> bytes:
     The same bytes aiosmtplib's ``execute_data_command`` writes, without its two
     regular-expression passes over a message that is already CRLF throughout.
     """
-    crlf = message.count(b"\r\n")
-    if message.count(b"\n") != crlf or message.count(b"\r") != crlf:
-        message = _LINE_ENDS.sub(b"\r\n", message)
+    message = _crlf_lines(message)
     if not message.endswith(b"\r\n"):
         message += b"\r\n"
     if message.startswith(b"."):
